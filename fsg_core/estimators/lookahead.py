@@ -1,0 +1,142 @@
+"""``LookaheadEstimator``: the machinery MetaQuant and FSG share.
+
+One iteration (FSG_SPEC §4): a subclass proposes, per binary layer, an update direction built by its
+hypernetworks from the previous step's gradient ``g``; the layer computes with the look-ahead weight
+``W' = W - lr * direction`` (kept in the graph); backward then yields the meta-gradients and the new
+``g``; the meta-optimizers step; ``W.grad`` is set to the (detached) base gradient and the base
+optimizer steps. The first iteration has no ``g`` yet: a plain forward/backward and no update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fsg_core.binary import BinaryLayer
+from fsg_core.distributed import all_reduce_mean
+from fsg_core.estimators.base import LearnedEstimator
+
+__all__ = ["LookaheadEstimator"]
+
+
+class LookaheadEstimator(LearnedEstimator):
+    """Base of learned estimators that update weights through a look-ahead forward."""
+
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        self.layers: list[tuple[str, BinaryLayer]] = []
+        self.sizes: list[int] = []
+        self.meta_optimizers: list[torch.optim.Optimizer] = []
+        self.steps = 0
+        self._pending: list[Tensor] | None = None
+        self._sums: dict[str, Tensor] = {}
+        self._count = 0
+
+    # --- what a subclass provides -------------------------------------------------------------
+    def build(self, device: torch.device) -> None:
+        """Create the hypernetworks and ``self.meta_optimizers`` (``self.layers`` is set)."""
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        """Whether a previous gradient exists, i.e. whether this step can look ahead."""
+        raise NotImplementedError
+
+    def propose(self, calibration: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Return (direction in the graph, detached base gradient, statistics), all flat (N,)."""
+        raise NotImplementedError
+
+    def observe(self, grads: Tensor, tildes: Tensor) -> None:
+        """Record this step's averaged ``g`` and ``w~`` (flat, detached) for the next step."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # --- lifecycle called by the training loop --------------------------------------------------
+    def setup(self, layers: Sequence[tuple[str, BinaryLayer]]) -> None:
+        self.layers = list(layers)
+        if not self.layers:
+            raise ValueError(f"estimator {self.name!r} needs at least one binary layer; the model has none")
+        self.sizes = [layer.weight.numel() for _, layer in self.layers]
+        for _, layer in self.layers:
+            layer.capture = True
+        self.build(self.layers[0][1].weight.device)
+
+    def meta_parameters(self) -> list[nn.Parameter]:
+        return [p for module in self.meta_modules() for p in module.parameters()]
+
+    def _flat(self, tensors: Sequence[Tensor]) -> Tensor:
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def _split(self, flat: Tensor) -> list[Tensor]:
+        return [
+            part.view_as(layer.weight) for part, (_, layer) in zip(flat.split(self.sizes), self.layers, strict=True)
+        ]
+
+    def before_forward(self, lr: float) -> None:
+        self._pending = None
+        if not self.ready():
+            return
+        with torch.no_grad():
+            c = self._flat([layer.binarizer.calibration(layer.weight) for _, layer in self.layers])
+        direction, base, stats = self.propose(c)
+        for (_, layer), d in zip(self.layers, self._split(direction), strict=True):
+            layer.lookahead = layer.weight.detach() - lr * d
+        self._pending = self._split(base)
+        for key, value in stats.items():
+            # Summed as tensors: a float() per step would synchronise the GPU every step.
+            self._sums[key] = self._sums[key] + value.detach() if key in self._sums else value.detach()
+        self._count += 1
+
+    def after_backward(self, group: Any = None) -> bool:
+        grads = []
+        for name, layer in self.layers:
+            if layer.captured_grad is None:
+                raise RuntimeError(f"binary layer {name!r} received no gradient; is it used in the forward?")
+            grads.append(layer.captured_grad)
+        all_reduce_mean(grads, group)
+        stepped = self._pending is not None
+        if self._pending is not None:
+            all_reduce_mean([p.grad for p in self.meta_parameters()], group)
+            for opt in self.meta_optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            for (_, layer), grad in zip(self.layers, self._pending, strict=True):
+                layer.weight.grad = grad
+        tildes = [layer.last_tilde for _, layer in self.layers]
+        self.observe(self._flat(grads), self._flat([t for t in tildes if t is not None]))
+        for _, layer in self.layers:
+            layer.lookahead = None
+            layer.captured_grad = None
+        self._pending = None
+        self.steps += 1
+        return stepped
+
+    def statistics(self) -> dict[str, float]:
+        """Means over the steps since the last call (the loop calls it once per epoch)."""
+        out = {k: float(v) / max(self._count, 1) for k, v in self._sums.items()}
+        self._sums, self._count = {}, 0
+        return out
+
+    # --- checkpointing --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "modules": [m.state_dict() for m in self.meta_modules()],
+            "optimizers": [o.state_dict() for o in self.meta_optimizers],
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        for module, s in zip(self.meta_modules(), state["modules"], strict=True):
+            module.load_state_dict(s)
+        for opt, s in zip(self.meta_optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(s)
+        self.load_extra_state(state["extra"])
