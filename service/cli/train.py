@@ -73,7 +73,7 @@ def summary(
 ) -> None:
     """Print the larq-style table of a packed model with its measured size and compression ratio."""
     from fsg_core.packed import PackedFormatError
-    from fsg_core.summary import describe_packed, format_summary
+    from fsg_core.summary import ModelSummary, describe_packed, format_summary
 
     try:
         info = describe_packed(path)
@@ -81,9 +81,9 @@ def summary(
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     if as_json:
-        console.print_json(json.dumps(info["summary"] | {k: v for k, v in info.items() if k != "summary"}))
+        console.print_json(json.dumps(info))
         return
-    console.print(format_summary(info["summary_obj"]))
+    console.print(format_summary(ModelSummary.from_dict(info["summary"])))
     console.print(
         f"file: {info['file_bytes']:,} bytes; fp32 state dict: {info['fp32_state_dict_bytes']:,} bytes; "
         f"compression x{info['compression_ratio']:.1f}"

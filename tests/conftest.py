@@ -1,0 +1,34 @@
+"""Shared fixtures: small, fast training specs."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+# Single-threaded torch in tests: deterministic and no oversubscription on CI's 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def tiny_spec_dict(estimator: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+    """A ResNet-20 W1A32 run on digits that finishes in seconds."""
+    spec: dict[str, Any] = {
+        "model": {"arch": "resnet20"},
+        "data": {"dataset": "digits", "crop_padding": 1, "flip": False},
+        "estimator": estimator or {"name": "ste"},
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        "schedule": {"kind": "step", "milestones": [2]},
+        "epochs": 2,
+        "batch_size": 32,
+        "max_steps_per_epoch": 3,
+        "init": {"pretrain_epochs": 1},
+        "seed": 3,
+    }
+    spec.update(overrides)
+    return spec
+
+
+@pytest.fixture
+def tiny_spec() -> Any:
+    return tiny_spec_dict
