@@ -1,0 +1,295 @@
+"""The slow net: the selective SSM block against naive references, and SlowNet's layouts and invariances."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fsg_core.estimators.fsg.slow_net import SelectiveSSM, SlowNet, _scan_all
+
+SIZES = [12, 40, 7]
+N = sum(SIZES)
+K = 5
+LAYOUTS_KINDS = list(itertools.product(["temporal", "flat"], ["ssm", "gru"]))
+
+
+def _ssm(seed: int = 0, **kwargs: int) -> SelectiveSSM:
+    torch.manual_seed(seed)
+    sizes = {"d_state": 4, "d_conv": 4, "expand": 8} | kwargs
+    return SelectiveSSM(1, use_kernels=False, **sizes)
+
+
+def _slow(layout: str, kind: str, seed: int = 0, **kwargs: object) -> SlowNet:
+    torch.manual_seed(seed)
+    options: dict[str, object] = {"compile": False, "history_length": K, "d_state": 4, "expand": 8} | kwargs
+    return SlowNet(list(SIZES), kind=kind, layout=layout, **options)  # type: ignore[arg-type]
+
+
+def _history(k: int = K, n: int = N, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient-sized history (k, n) and O(1) tokens (layers, 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    return 1e-3 * torch.randn(k, n, generator=gen), torch.randn(len(SIZES), 1, generator=gen)
+
+
+# --- SelectiveSSM ---------------------------------------------------------------------------------
+
+
+def test_ssm_shapes() -> None:
+    ssm = _ssm()
+    u = torch.randn(3, 6, 1)
+    assert ssm(u).shape == (3, 6, 1)
+    assert ssm.forward_last(u).shape == (3, 1)
+
+
+@pytest.mark.parametrize("length", [1, 2, 6])
+def test_forward_last_equals_last_position_of_forward(length: int) -> None:
+    ssm = _ssm()
+    u = torch.randn(5, length, 1)
+    torch.testing.assert_close(ssm.forward_last(u), ssm(u)[:, -1], rtol=1e-5, atol=1e-6)
+
+
+def _naive_scan(x: torch.Tensor, dt: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t, y_t = C_t . h_t, one position at a time."""
+    batch, length, d = x.shape
+    h = torch.zeros(batch, d, a.shape[1], dtype=x.dtype)
+    ys = []
+    for t in range(length):
+        decay = torch.exp(dt[:, t, :, None] * a[None])  # (B, D, S)
+        h = decay * h + dt[:, t, :, None] * b[:, t, None, :] * x[:, t, :, None]
+        ys.append((h * c[:, t, None, :]).sum(-1))  # (B, D)
+    return torch.stack(ys, dim=1)
+
+
+def _scan_inputs(length: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    batch, d, s = 2, 3, 4
+    x = torch.randn(batch, length, d, generator=gen, dtype=torch.float64)
+    dt = F.softplus(torch.randn(batch, length, d, generator=gen, dtype=torch.float64)) * 0.3
+    a = -torch.rand(d, s, generator=gen, dtype=torch.float64) * 2 - 0.1
+    b = torch.randn(batch, length, s, generator=gen, dtype=torch.float64)
+    c = torch.randn(batch, length, s, generator=gen, dtype=torch.float64)
+    return x, dt, a, b, c
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "checkpointed"])
+def test_chunked_scan_matches_naive_recurrence(grad: bool) -> None:
+    inputs = _scan_inputs(100)
+    with torch.set_grad_enabled(grad):
+        y = _scan_all(*inputs, chunk=32)  # 32 + 32 + 32 + 4: the state crosses three chunk borders
+    torch.testing.assert_close(y, _naive_scan(*inputs), rtol=1e-10, atol=1e-10)
+
+
+def test_chunked_scan_gradients_match_naive_recurrence() -> None:
+    leaves = [t.clone().requires_grad_(True) for t in _scan_inputs(70, seed=3)]
+    weights = torch.randn(2, 70, 3, dtype=torch.float64)
+    (_scan_all(*leaves, chunk=32) * weights).sum().backward()
+    chunked = [t.grad for t in leaves]
+    for t in leaves:
+        t.grad = None
+    (_naive_scan(*leaves) * weights).sum().backward()
+    for got, want in zip(chunked, [t.grad for t in leaves], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("length", [1, 3, 6, 8, 40, 100])
+def test_causal_conv_matches_conv1d(length: int) -> None:
+    ssm = _ssm(d_conv=8)
+    x = torch.randn(2, length, ssm.d_inner)
+    conv = ssm.conv
+    want = F.conv1d(x.transpose(1, 2), conv.weight, conv.bias, padding=7, groups=ssm.d_inner)[..., :length]
+    torch.testing.assert_close(ssm._causal_conv(x), want.transpose(1, 2), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("length", [6, 100])
+def test_ssm_outputs_finite_and_gradients_reach_every_parameter(length: int) -> None:
+    ssm = _ssm()
+    u = torch.randn(4, length, 1)
+    out = ssm(u) if length > 6 else ssm.forward_last(u)
+    assert torch.isfinite(out).all()
+    out.pow(2).sum().backward()
+    for name, p in ssm.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert (p.grad != 0).any(), f"{name} received an all-zero gradient"
+
+
+def test_ssm_is_trainable() -> None:
+    ssm = _ssm()
+    gen = torch.Generator().manual_seed(5)
+    u = torch.randn(64, 6, 1, generator=gen)
+    target = 0.5 * u.mean(dim=1)  # (B, 1): a momentum-like average of the sequence
+    opt = torch.optim.Adam(ssm.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = F.mse_loss(ssm.forward_last(u), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+# --- SlowNet --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("layout", "kind"), LAYOUTS_KINDS)
+@pytest.mark.parametrize("k", range(1, K + 1))
+def test_slow_net_shape_for_every_history_length(layout: str, kind: str, k: int) -> None:
+    net = _slow(layout, kind)
+    history, tokens = _history(k)
+    out = net(history, tokens)
+    assert out.shape == (N,)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("layout", "kind"), LAYOUTS_KINDS)
+def test_slow_net_gradients_reach_parameters_and_tokens(layout: str, kind: str) -> None:
+    net = _slow(layout, kind)
+    history, tokens = _history()
+    tokens.requires_grad_(True)
+    (net(history, tokens) * torch.randn(N)).sum().backward()
+    assert tokens.grad is not None and (tokens.grad != 0).all()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def _layer_slices() -> list[slice]:
+    bounds = [0, *itertools.accumulate(SIZES)]
+    return [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
+
+
+@pytest.mark.parametrize(("layout", "kind"), LAYOUTS_KINDS)
+def test_layer_output_depends_only_on_its_own_history(layout: str, kind: str) -> None:
+    net = _slow(layout, kind)
+    history, tokens = _history()
+    base = net(history, tokens).detach()
+    layers = _layer_slices()
+    perturbed = history.clone()
+    perturbed[:, layers[1]] = 1e-3 * torch.randn(K, SIZES[1])
+    out = net(perturbed, tokens).detach()
+    for i, sl in enumerate(layers):
+        if i == 1:
+            assert not torch.allclose(out[sl], base[sl])
+        else:
+            assert torch.equal(out[sl], base[sl]), f"layer {i} changed when only layer 1's history did"
+
+
+@pytest.mark.parametrize(("layout", "kind"), LAYOUTS_KINDS)
+def test_layer_output_depends_only_on_its_own_token(layout: str, kind: str) -> None:
+    net = _slow(layout, kind)
+    history, tokens = _history()
+    base = net(history, tokens).detach()
+    changed = tokens.clone()
+    changed[2] += 1.0
+    out = net(history, changed).detach()
+    layers = _layer_slices()
+    assert torch.equal(out[: layers[2].start], base[: layers[2].start])
+    assert not torch.allclose(out[layers[2]], base[layers[2]])
+
+
+@pytest.mark.parametrize("kind", ["ssm", "gru"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_flat_layout_is_causal_within_the_newest_snapshot(kind: str, normalize: bool) -> None:
+    net = _slow("flat", kind, normalize=normalize)
+    history, tokens = _history()
+    base = net(history, tokens).detach()
+    layer = _layer_slices()[1]
+    j = 17
+    perturbed = history.clone()
+    # a sign flip keeps the newest snapshot's RMS, so normalisation does not couple coordinates
+    perturbed[-1, layer.start + j] *= -1
+    out = net(perturbed, tokens).detach()
+    assert torch.equal(out[layer.start : layer.start + j], base[layer.start : layer.start + j])
+    assert not torch.allclose(out[layer.start + j :][: SIZES[1] - j], base[layer.start + j :][: SIZES[1] - j])
+
+
+@pytest.mark.parametrize("kind", ["ssm", "gru"])
+@pytest.mark.parametrize("snapshot", [0, K - 1])
+def test_temporal_coordinate_depends_only_on_its_own_history(kind: str, snapshot: int) -> None:
+    net = _slow("temporal", kind)
+    history, tokens = _history()
+    base = net(history, tokens).detach()
+    j = 20
+    perturbed = history.clone()
+    if snapshot == K - 1:
+        perturbed[snapshot, j] *= -1  # keeps the layer's newest RMS (the normalisation scale)
+    else:
+        perturbed[snapshot, j] += 5e-3
+    out = net(perturbed, tokens).detach()
+    others = torch.arange(N) != j
+    assert torch.equal(out[others], base[others])
+    assert out[j] != base[j]
+
+
+@pytest.mark.parametrize("kind", ["ssm", "gru"])
+def test_temporal_coordinate_independent_without_normalisation(kind: str) -> None:
+    net = _slow("temporal", kind, normalize=False)
+    history, tokens = _history()
+    base = net(history, tokens).detach()
+    perturbed = history.clone()
+    perturbed[:, 3] = torch.randn(K)  # any perturbation, newest snapshot included
+    out = net(perturbed, tokens).detach()
+    others = torch.arange(N) != 3
+    assert torch.equal(out[others], base[others])
+    assert out[3] != base[3]
+
+
+@pytest.mark.parametrize(("layout", "kind"), LAYOUTS_KINDS)
+def test_normalisation_makes_output_scale_equivariant_per_layer(layout: str, kind: str) -> None:
+    history, tokens = _history()
+    factors = torch.tensor([10.0, 0.1, 3.0])  # one factor per layer
+    per_coord = torch.repeat_interleave(factors, torch.tensor(SIZES))
+    net = _slow(layout, kind, normalize=True)
+    with torch.no_grad():
+        torch.testing.assert_close(net(history * per_coord, tokens), net(history, tokens) * per_coord)
+    raw = _slow(layout, kind, normalize=False)
+    with torch.no_grad():
+        assert not torch.allclose(raw(history * 10, tokens), raw(history, tokens) * 10)
+
+
+@pytest.mark.parametrize("kind", ["ssm", "gru"])
+@pytest.mark.parametrize("chunk", [64, 100, 4096])
+def test_chunking_and_padding_do_not_change_the_output(kind: str, chunk: int) -> None:
+    # 197 coordinates: chunk 64 pads the last chunk (197 = 3 * 64 + 5), chunk 100 pads 3, 4096 is one chunk
+    sizes = [100, 37, 60]
+    history = 1e-3 * torch.randn(K, sum(sizes), generator=torch.Generator().manual_seed(2))
+    tokens = torch.randn(3, 1)
+
+    def make(chunk_size: int) -> SlowNet:
+        torch.manual_seed(0)
+        return SlowNet(sizes, kind=kind, chunk_size=chunk_size, compile=False, history_length=K, d_state=4, expand=8)
+
+    with torch.no_grad():
+        want = make(sum(sizes))(history, tokens)  # one chunk, no padding
+        got = make(chunk)(history, tokens)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9)
+
+
+def test_chunk_of_one_coordinate_matches_unchunked() -> None:
+    history, tokens = _history(3)
+    with torch.no_grad():
+        want = _slow("temporal", "ssm", chunk_size=N)(history, tokens)
+        got = _slow("temporal", "ssm", chunk_size=7)(history, tokens)  # 59 = 8 * 7 + 3
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_compiled_temporal_slow_net_matches_eager() -> None:
+    torch.manual_seed(0)
+    eager = SlowNet(list(SIZES), compile=False, history_length=K, chunk_size=64, d_state=4, expand=8)
+    compiled = SlowNet(list(SIZES), compile=True, history_length=K, chunk_size=64, d_state=4, expand=8)
+    compiled.load_state_dict(eager.state_dict())
+    history, tokens = _history()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to eager would warn and make this test vacuous
+        got = compiled(history, tokens)
+    assert compiled._compiled is not None and compiled.use_compile
+    torch.testing.assert_close(got, eager(history, tokens), rtol=1e-4, atol=1e-9)
+    # a second call reuses the compiled graph, gradients included
+    tokens.requires_grad_(True)
+    compiled(history, tokens).sum().backward()
+    assert tokens.grad is not None and torch.isfinite(tokens.grad).all()
