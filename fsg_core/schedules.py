@@ -34,6 +34,8 @@ def learning_rate(
         warmup_epochs: linear warm-up from ``base_lr / (warmup_epochs * steps)``-ish to ``base_lr``.
         min_lr: the floor of the cosine.
     """
+    if kind not in ("constant", "step", "cosine"):
+        raise ValueError(f"unknown schedule kind {kind!r}; choose constant, step or cosine")
     if warmup_epochs > 0 and epoch < warmup_epochs:
         # Linear warm-up that never starts at exactly 0 (a zero lr wastes the first step).
         return base_lr * max(epoch, 1e-3 * warmup_epochs) / warmup_epochs
@@ -42,11 +44,9 @@ def learning_rate(
     if kind == "step":
         drops = sum(1 for m in milestones if epoch >= m)
         return base_lr * gamma**drops
-    if kind == "cosine":
-        span = max(total_epochs - warmup_epochs, 1e-9)
-        t = min(max((epoch - warmup_epochs) / span, 0.0), 1.0)
-        return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
-    raise ValueError(f"unknown schedule kind {kind!r}; choose constant, step or cosine")
+    span = max(total_epochs - warmup_epochs, 1e-9)
+    t = min(max((epoch - warmup_epochs) / span, 0.0), 1.0)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def ede_t(progress: float, t_min: float = 0.1, t_max: float = 10.0) -> float:

@@ -121,16 +121,16 @@ def test_ssm_is_trainable() -> None:
     ssm = _ssm()
     gen = torch.Generator().manual_seed(5)
     u = torch.randn(64, 6, 1, generator=gen)
-    target = 0.5 * u.mean(dim=1)  # (B, 1): a momentum-like average of the sequence
+    target = 0.5 * u[:, -1]  # (B, 1)
     opt = torch.optim.Adam(ssm.parameters(), lr=1e-2)
     losses = []
-    for _ in range(30):
+    for _ in range(40):
         loss = F.mse_loss(ssm.forward_last(u), target)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
+    assert losses[-1] < 0.1 * losses[0]
 
 
 # --- SlowNet --------------------------------------------------------------------------------------
@@ -181,14 +181,16 @@ def test_layer_output_depends_only_on_its_own_history(layout: str, kind: str) ->
 @pytest.mark.parametrize(("layout", "kind"), LAYOUTS_KINDS)
 def test_layer_output_depends_only_on_its_own_token(layout: str, kind: str) -> None:
     net = _slow(layout, kind)
-    history, tokens = _history()
+    # k = 1: in the flat layout the token then sits right before the outputs taken (with k = 5 the
+    # GRU's and the SSM's memory of it has faded below float precision at layer 2's newest snapshot)
+    history, tokens = _history(1)
     base = net(history, tokens).detach()
     changed = tokens.clone()
     changed[2] += 1.0
     out = net(history, changed).detach()
     layers = _layer_slices()
     assert torch.equal(out[: layers[2].start], base[: layers[2].start])
-    assert not torch.allclose(out[layers[2]], base[layers[2]])
+    assert not torch.equal(out[layers[2]], base[layers[2]])
 
 
 @pytest.mark.parametrize("kind", ["ssm", "gru"])
@@ -204,7 +206,45 @@ def test_flat_layout_is_causal_within_the_newest_snapshot(kind: str, normalize: 
     perturbed[-1, layer.start + j] *= -1
     out = net(perturbed, tokens).detach()
     assert torch.equal(out[layer.start : layer.start + j], base[layer.start : layer.start + j])
-    assert not torch.allclose(out[layer.start + j :][: SIZES[1] - j], base[layer.start + j :][: SIZES[1] - j])
+    assert out[layer.start + j] != base[layer.start + j], "a coordinate's output must read its own newest gradient"
+    assert not torch.allclose(out[layer.start + j : layer.stop], base[layer.start + j : layer.stop])
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_flat_layout_reads_each_layer_as_one_sequence(normalize: bool) -> None:
+    """Reference: per layer, [e_l, g_{t-K} (all n_l), ..., g_{t-1} (all n_l)] / scale through the SSM,
+    the last n_l outputs times the scale."""
+    net = _slow("flat", "ssm", normalize=normalize)
+    history, tokens = _history(3)
+    assert net.ssm is not None
+    with torch.no_grad():
+        got = net(history, tokens)
+        for layer, (sl, n) in enumerate(zip(_layer_slices(), SIZES, strict=True)):
+            hist = history[:, sl]  # (k, n_l)
+            scale = hist[-1].pow(2).mean().sqrt() if normalize else torch.tensor(1.0)
+            seq = torch.cat([tokens[layer], (hist / scale).reshape(-1)])  # (1 + k n_l,)
+            want = net.ssm(seq.view(1, -1, 1))[0, -n:, 0] * scale
+            torch.testing.assert_close(got[sl], want, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["ssm", "gru"])
+def test_temporal_layout_reads_each_coordinate_as_one_sequence(kind: str) -> None:
+    """Reference: coordinate i of layer l is the sequence [e_l, g_{t-k}[i], ..., g_{t-1}[i]] / scale_l."""
+    net = _slow("temporal", kind)
+    history, tokens = _history(4)
+    with torch.no_grad():
+        got = net(history, tokens)
+        for layer, sl in enumerate(_layer_slices()):
+            hist = history[:, sl]  # (k, n_l)
+            scale = hist[-1].pow(2).mean().sqrt()
+            seq = torch.cat([tokens[layer].expand(hist.shape[1], 1), (hist / scale).t()], dim=1)  # (n_l, 1 + k)
+            if net.ssm is not None:
+                want = net.ssm(seq.unsqueeze(-1))[:, -1, 0]
+            else:
+                assert net.gru is not None
+                out, _ = net.gru(seq.unsqueeze(-1))
+                want = net.gru_out(out[:, -1])[:, 0]
+            torch.testing.assert_close(got[sl], want * scale, rtol=1e-5, atol=1e-9)
 
 
 @pytest.mark.parametrize("kind", ["ssm", "gru"])
@@ -285,7 +325,8 @@ def test_compiled_temporal_slow_net_matches_eager() -> None:
     compiled.load_state_dict(eager.state_dict())
     history, tokens = _history()
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a fallback to eager would warn and make this test vacuous
+        # a fallback to eager would warn and make this test vacuous
+        warnings.filterwarnings("error", message="torch.compile of the FSG slow net failed")
         got = compiled(history, tokens)
     assert compiled._compiled is not None and compiled.use_compile
     torch.testing.assert_close(got, eager(history, tokens), rtol=1e-4, atol=1e-9)

@@ -1,0 +1,363 @@
+"""Benchmark every estimator: accuracy on digits (W1A32 ResNet-20) and cost on CIFAR-shaped inputs.
+
+    python -m bench.estimators [--quick] [--json FILE] [--seeds N] [--epochs N] [--only a,b]
+
+Part 1 (accuracy): one shared full-precision pre-training of ResNet-20 on scikit-learn's digits, then
+binarized (W1A32) training from it with every estimator, under Adam and under plain SGD, for several
+seeds: final train loss, best validation accuracy, last-10 test accuracy, and step time and peak
+memory as ratios to STE measured in the same run.
+
+Part 2 (cost): step time and peak memory per estimator on CIFAR-shaped synthetic data (3x32x32,
+batch 128), where the base network costs what it costs on CIFAR (FSG_SPEC §7: on 8x8 digits the
+base step is ~16x cheaper and every hypernetwork looks expensive).
+
+Every run is its own process, so peak memory and torch.compile caches don't leak between runs.
+Memory is the peak resident set growth during the measured epochs (``VmHWM`` after a reset through
+``/proc/self/clear_refs``, minus the resident set before training), or the CUDA allocator's peak.
+Prints tables; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ESTIMATORS: dict[str, dict[str, Any]] = {
+    "ste": {"name": "ste"},
+    "clipped_ste": {"name": "clipped_ste"},
+    "approx_sign": {"name": "approx_sign"},
+    "ede": {"name": "ede"},
+    "reste": {"name": "reste"},
+    "fda": {"name": "fda"},
+    "biper": {"name": "biper"},
+    "metaquant_multifc": {"name": "metaquant", "variant": "multifc"},
+    "metaquant_lstmfc": {"name": "metaquant", "variant": "lstmfc", "hidden": 20},
+    "fsg": {"name": "fsg"},
+    "fsg_mix": {"name": "fsg", "update": "mix"},
+    "fsg_gru": {"name": "fsg", "slow_net": "gru"},
+    "fsg_every8": {"name": "fsg", "slow_every": 8},
+}
+# Cost-only variants (part 2): the paper-size slow net on CPU is reported, not trained to the end.
+COST_EXTRA: dict[str, dict[str, Any]] = {"fsg_paper": {"name": "fsg", "preset": "paper"}}
+
+OPTIMIZERS: dict[str, dict[str, Any]] = {
+    "adam": {"name": "adam", "lr": 1e-3},
+    "sgd": {"name": "sgd", "lr": 0.05, "momentum": 0.0},
+}
+
+
+# --------------------------------------------------------------------------------------------- child
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _hwm_bytes() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _child(spec_json: str, measure_from_epoch: int) -> dict[str, Any]:
+    import torch
+
+    from fsg_core.reporting import Reporter
+    from fsg_core.spec import TrainSpec
+    from fsg_core.train import fit
+
+    spec = TrainSpec.model_validate_json(spec_json)
+    cuda = spec.device == "cuda" or (spec.device == "auto" and torch.cuda.is_available())
+
+    class Meter(Reporter):
+        def __init__(self) -> None:
+            self.base = 0
+            self.epoch = 0
+            self.peaks: list[int] = []
+            self.step_times: list[float] = []
+            self.t = 0.0
+
+        def _start(self) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                self.base = torch.cuda.memory_allocated()
+            else:
+                self.base = _rss_bytes()
+                _reset_hwm()
+
+        def on_phase(self, phase: str, epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
+            if phase == "binary" and measure_from_epoch == 0:
+                self._start()
+
+        def on_step(self, phase: str, epoch: int, step: int, loss: float) -> None:
+            now = time.perf_counter()
+            if phase == "binary" and epoch >= measure_from_epoch and step > 0:
+                self.step_times.append(now - self.t)
+            self.t = now
+
+        def report(self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
+            if metrics["phase"] != "binary":
+                return
+            if metrics["epoch"] == measure_from_epoch:  # the next epoch is measured
+                self._start()
+            elif metrics["epoch"] > measure_from_epoch:
+                peak = torch.cuda.max_memory_allocated() if cuda else _hwm_bytes()
+                self.peaks.append(peak - self.base)
+
+    meter = Meter()
+    result = fit(spec, meter)
+    return {
+        "summary": result.summary,
+        "history": result.history,
+        "step_time_s": statistics.median(meter.step_times) if meter.step_times else None,
+        "peak_mem_bytes": max(meter.peaks) if meter.peaks else None,
+    }
+
+
+def _run_child(spec: dict[str, Any], measure_from_epoch: int, threads: int) -> dict[str, Any]:
+    env = dict(os.environ)
+    # Large tensors go straight to mmap and back to the OS when freed, so the resident set follows
+    # live memory instead of glibc's caches.
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+    env["OMP_NUM_THREADS"] = str(threads)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump({"spec": spec, "measure_from_epoch": measure_from_epoch}, fh)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.estimators", "--child", fh.name],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        os.unlink(fh.name)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -------------------------------------------------------------------------------------------- parent
+def _digits_spec(estimator: dict[str, Any], optimizer: dict[str, Any], seed: int, epochs: int, init: str) -> dict:
+    return {
+        "model": {"arch": "resnet20"},
+        "data": {"dataset": "digits", "crop_padding": 1, "flip": False},
+        "estimator": estimator,
+        "optimizer": optimizer,
+        "schedule": {"kind": "step", "milestones": [max(1, int(epochs * 2 / 3))], "gamma": 0.1},
+        "epochs": epochs,
+        "batch_size": 64,
+        "seed": seed,
+        "init": {"pretrain_epochs": 0, "checkpoint": init},
+    }
+
+
+def _pretrain(path: Path, epochs: int, threads: int) -> dict[str, Any]:
+    """Full-precision ResNet-20 on digits, shared by every binarized run."""
+    spec = {
+        "model": {"arch": "resnet20"},
+        "data": {"dataset": "digits", "crop_padding": 1, "flip": False},
+        "binarize": {"weights": False},
+        "estimator": {"name": "ste"},
+        "optimizer": {"name": "adam", "lr": 3e-3},
+        "schedule": {"kind": "cosine", "milestones": []},
+        "epochs": epochs,
+        "batch_size": 64,
+        "seed": 0,
+    }
+    code = (
+        "import json,sys,torch;from fsg_core.spec import TrainSpec;from fsg_core.train import fit;"
+        "r=fit(TrainSpec.model_validate_json(sys.argv[1]));torch.save(r.model.state_dict(),sys.argv[2]);"
+        "print(json.dumps(r.history[-1]))"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec), str(path)], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def _std(xs: list[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return statistics.stdev(vals) if len(vals) > 1 else None
+
+
+def accuracy_table(
+    names: list[str], seeds: int, epochs: int, pretrain_epochs: int, threads: int, log: Any
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        init = Path(tmp) / "fp_resnet20_digits.pt"
+        t0 = time.time()
+        fp = _pretrain(init, pretrain_epochs, threads)
+        log(f"shared FP pre-training: {pretrain_epochs} epochs, val_acc {fp['val_acc']:.3f} ({time.time() - t0:.0f}s)")
+        for opt_name, opt in OPTIMIZERS.items():
+            for name in names:
+                runs = []
+                for seed in range(seeds):
+                    t0 = time.time()
+                    res = _run_child(_digits_spec(ESTIMATORS[name], opt, seed, epochs, str(init)), 1, threads)
+                    runs.append(res)
+                    acc = res.get("summary", {}).get("best_val_acc")
+                    log(f"  {opt_name:4s} {name:18s} seed {seed}: best_val {_fmt(acc)} ({time.time() - t0:.0f}s)")
+                results[f"{opt_name}/{name}"] = runs
+    return {"fp_pretrain": fp, "runs": results}
+
+
+def cost_table(names: list[str], steps: int, threads: int, log: Any) -> dict[str, Any]:
+    results = {}
+    for name in names:
+        est = {**ESTIMATORS, **COST_EXTRA}[name]
+        spec = {
+            "model": {"arch": "resnet20"},
+            "data": {"dataset": "synthetic", "synthetic_shape": [3, 32, 32], "synthetic_samples": 128 * (steps + 1)},
+            "estimator": est,
+            "optimizer": {"name": "adam", "lr": 1e-3},
+            "schedule": {"kind": "constant", "milestones": []},
+            "epochs": 2,
+            "batch_size": 128,
+            "max_steps_per_epoch": steps,
+            "seed": 0,
+        }
+        t0 = time.time()
+        res = _run_child(spec, 1, threads)  # epoch 1 warms up (torch.compile), epoch 2 is measured
+        results[name] = res
+        log(f"  cost {name:18s} step {_fmt(res.get('step_time_s'))} s ({time.time() - t0:.0f}s)")
+    return results
+
+
+def print_report(acc: dict[str, Any] | None, cost: dict[str, Any] | None, meta: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=160)
+    console.print(f"[bold]bench.estimators[/bold] {meta}")
+    if acc:
+        for opt_name in OPTIMIZERS:
+            base = acc["runs"].get(f"{opt_name}/ste", [])
+            base_time = _mean([r.get("step_time_s") for r in base])
+            base_mem = _mean([r.get("peak_mem_bytes") for r in base])
+            table = Table(title=f"W1A32 ResNet-20 on digits, {opt_name}, {meta['seeds']} seed(s), mean ± std")
+            for col in ("estimator", "final train loss", "best val acc", "last-10 test acc", "step", "memory"):
+                table.add_column(col, justify="right" if col != "estimator" else "left")
+            for key, runs in acc["runs"].items():
+                if not key.startswith(f"{opt_name}/"):
+                    continue
+                ok = [r for r in runs if "summary" in r]
+                if not ok:
+                    table.add_row(key.split("/", 1)[1], *["error: " + runs[0].get("error", "?")] + [""] * 4)
+                    continue
+
+                def cell(k: str, runs: list[dict[str, Any]] = ok) -> str:
+                    m, s = _mean([r["summary"].get(k) for r in runs]), _std([r["summary"].get(k) for r in runs])
+                    return _fmt(m) + ("" if s is None else f" ± {s:.3f}")
+
+                t = _mean([r.get("step_time_s") for r in ok])
+                mem = _mean([r.get("peak_mem_bytes") for r in ok])
+                table.add_row(
+                    key.split("/", 1)[1],
+                    cell("final_train_loss"),
+                    cell("best_val_acc"),
+                    cell("last10_test_acc"),
+                    f"{t * 1000:.0f} ms ({t / base_time:.2f}x)" if t and base_time else "-",
+                    f"{mem / 2**20:.0f} MiB ({mem / base_mem:.2f}x)" if mem and base_mem else "-",
+                )
+            console.print(table)
+    if cost:
+        base = cost.get("ste", {})
+        table = Table(title="Cost on CIFAR-shaped input (synthetic 3x32x32, batch 128, ResNet-20 W1A32)")
+        for col in ("estimator", "step time", "vs STE", "peak memory", "vs STE"):
+            table.add_column(col, justify="right" if col != "estimator" else "left")
+        for name, res in cost.items():
+            t, mem = res.get("step_time_s"), res.get("peak_mem_bytes")
+            bt, bm = base.get("step_time_s"), base.get("peak_mem_bytes")
+            table.add_row(
+                name,
+                f"{t * 1000:.0f} ms" if t else res.get("error", "-"),
+                f"{t / bt:.2f}x" if t and bt else "-",
+                f"{mem / 2**20:.0f} MiB" if mem else "-",
+                f"{mem / bm:.2f}x" if mem and bm else "-",
+            )
+        console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 seed, fewer epochs")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per estimator and optimizer (default 3)")
+    parser.add_argument("--epochs", type=int, default=None, help="binarized epochs (default 15, quick 8)")
+    parser.add_argument("--pretrain-epochs", type=int, default=15)
+    parser.add_argument("--only", default="", help="comma-separated estimator keys (default: all)")
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument("--cost-steps", type=int, default=None, help="measured steps per cost run (default 5)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        job = json.loads(Path(args.child).read_text())
+        print(json.dumps(_child(json.dumps(job["spec"]), job["measure_from_epoch"])))
+        return
+
+    seeds = args.seeds or (1 if args.quick else 3)
+    epochs = args.epochs or (8 if args.quick else 15)
+    cost_steps = args.cost_steps or (3 if args.quick else 5)
+    names = [n for n in args.only.split(",") if n] or list(ESTIMATORS)
+    if "ste" not in names:
+        names.insert(0, "ste")  # every ratio is to STE measured in the same run
+    cost_names = names + ([] if args.quick or args.only else list(COST_EXTRA))
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    import torch
+
+    meta = {
+        "seeds": seeds,
+        "epochs": epochs,
+        "pretrain_epochs": args.pretrain_epochs,
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "cpus": os.cpu_count(),
+    }
+    acc = None if args.skip_accuracy else accuracy_table(names, seeds, epochs, args.pretrain_epochs, args.threads, log)
+    cost = None if args.skip_cost else cost_table(cost_names, cost_steps, args.threads, log)
+    print_report(acc, cost, meta)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"meta": meta, "accuracy": acc, "cost": cost}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

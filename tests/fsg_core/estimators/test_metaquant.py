@@ -1,0 +1,172 @@
+"""MetaQuant's three meta networks on a tiny binary network, checked against their formulas."""
+
+from __future__ import annotations
+
+import copy
+import io
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fsg_core.binary import Binarizer, BinaryConv2d, BinaryLinear, binary_layers
+from fsg_core.estimators import get
+from fsg_core.estimators.metaquant import MetaQuant
+
+LR = 1e-2
+VARIANTS = ["fcgrad", "multifc", "lstmfc"]
+
+
+def _build(variant: str, seed: int = 0, **params: Any) -> tuple[MetaQuant, nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    est = get("metaquant")(get("metaquant").Params(variant=variant, **({"hidden": 16} | params)))
+    assert isinstance(est, MetaQuant)
+    b = Binarizer("dorefa")
+    model = nn.Sequential(
+        BinaryConv2d(1, 4, 3, padding=1, binarizer=b, estimator=est),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        BinaryLinear(4, 3, binarizer=b, estimator=est),
+    )
+    est.setup(list(binary_layers(model)))
+    return est, model, torch.optim.Adam(model.parameters(), 1e-3)
+
+
+def _step(est: MetaQuant, model: nn.Module, opt: torch.optim.Optimizer, step: int) -> bool:
+    est.before_forward(LR)
+    gen = torch.Generator().manual_seed(100 + step)
+    x, y = torch.randn(8, 1, 6, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    stepped = est.after_backward()
+    if stepped:
+        opt.step()
+    return stepped
+
+
+def _layers(model: nn.Module) -> list[nn.Module]:
+    return [layer for _, layer in binary_layers(model)]
+
+
+def _weight_grads(model: nn.Module) -> torch.Tensor:
+    return torch.cat([layer.weight.grad.reshape(-1) for layer in _layers(model)])
+
+
+def _expected_grad(est: MetaQuant, model: nn.Module) -> torch.Tensor:
+    """``c * M`` from the estimator's state before the step (the meta step changes the net)."""
+    assert est.prev_grad is not None and est.prev_tilde is not None
+    g, tilde = est.prev_grad.clone(), est.prev_tilde.clone()
+    net = copy.deepcopy(est.net)
+    with torch.no_grad():
+        c = torch.cat([layer.binarizer.calibration(layer.weight).reshape(-1) for layer in _layers(model)])
+        if est.params.variant == "fcgrad":
+            m = net(g)  # M(g)
+        elif est.params.variant == "multifc":
+            m = g * net(tilde)  # g * M(w~)
+        else:
+            state = None if est.lstm_state is None else tuple(s.clone() for s in est.lstm_state)
+            h, _ = net.cell(tilde.reshape(-1, 1), state)  # (N, hidden)
+            m = g * net.fc(h).reshape(-1)  # g * M(LSTM(w~))
+    return c * m
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_first_step_has_no_update(variant: str) -> None:
+    est, model, opt = _build(variant)
+    before = [p.detach().clone() for p in est.meta_parameters()]
+    est.before_forward(LR)
+    assert all(layer.lookahead is None for layer in _layers(model))
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    F.cross_entropy(model(x), y).backward()
+    for layer in _layers(model):
+        layer.weight.grad = None
+    assert est.after_backward() is False
+    assert all(layer.weight.grad is None for layer in _layers(model))
+    assert est.prev_grad is not None and est.prev_tilde is not None
+    assert est.prev_grad.shape == est.prev_tilde.shape == (36 + 12,)
+    assert all(torch.equal(a, b) for a, b in zip(before, est.meta_parameters(), strict=True))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_update_matches_the_variant_formula(variant: str) -> None:
+    est, model, opt = _build(variant)
+    _step(est, model, opt, 0)
+    for step in (1, 2, 3):
+        want = _expected_grad(est, model)
+        before = [p.detach().clone() for p in est.meta_parameters()]
+        assert _step(est, model, opt, step) is True
+        torch.testing.assert_close(_weight_grads(model), want, rtol=1e-5, atol=1e-12)
+        names = [name for name, _ in est.net.named_parameters()]
+        moved = {n: not torch.equal(a, b) for n, a, b in zip(names, before, est.meta_parameters(), strict=True)}
+        if variant == "lstmfc" and step == 1:
+            # the first look-ahead starts from h = 0, which gives the recurrent weights no gradient
+            assert not moved.pop("cell.weight_hh")
+        assert all(moved.values()), f"{variant}: meta parameters that did not move: {moved}"
+
+
+def test_variants_differ() -> None:
+    grads = []
+    for variant in VARIANTS:
+        est, model, opt = _build(variant, seed=1)
+        _step(est, model, opt, 0)
+        _step(est, model, opt, 1)
+        grads.append(_weight_grads(model))
+    for i in range(len(grads)):
+        for j in range(i + 1, len(grads)):
+            assert not torch.allclose(grads[i], grads[j])
+
+
+def test_lstm_state_is_carried_across_steps() -> None:
+    est, model, opt = _build("lstmfc")
+    _step(est, model, opt, 0)
+    assert est.lstm_state is None
+    _step(est, model, opt, 1)
+    assert est.lstm_state is not None
+    h1, c1 = (s.clone() for s in est.lstm_state)
+    assert h1.shape == c1.shape == (36 + 12, 16)
+    assert not h1.requires_grad and not c1.requires_grad
+    _step(est, model, opt, 2)
+    h2, c2 = est.lstm_state
+    assert not torch.equal(h1, h2) and not torch.equal(c1, c2)
+    # the state matters: a fresh state would give a different update
+    est_zero = copy.deepcopy(est)
+    est_zero.lstm_state = None
+    assert not torch.allclose(_expected_grad(est, model), _expected_grad(est_zero, model))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_state_round_trip_reproduces_the_next_step(variant: str) -> None:
+    est_a, model_a, opt_a = _build(variant, seed=0)
+    for step in range(3):
+        _step(est_a, model_a, opt_a, step)
+    buf = io.BytesIO()
+    torch.save({"model": model_a.state_dict(), "opt": opt_a.state_dict(), "est": est_a.state_dict()}, buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    est_b, model_b, opt_b = _build(variant, seed=5)
+    model_b.load_state_dict(state["model"])
+    opt_b.load_state_dict(state["opt"])
+    est_b.load_state_dict(state["est"])
+    for step in (3, 4):
+        _step(est_a, model_a, opt_a, step)
+        _step(est_b, model_b, opt_b, step)
+        assert torch.equal(_weight_grads(model_a), _weight_grads(model_b))
+    if variant == "lstmfc":
+        assert est_a.lstm_state is not None and est_b.lstm_state is not None
+        assert all(torch.equal(a, b) for a, b in zip(est_a.lstm_state, est_b.lstm_state, strict=True))
+
+
+def test_statistics_report_the_meta_gradient_rms() -> None:
+    est, model, opt = _build("multifc")
+    _step(est, model, opt, 0)
+    rms = []
+    for step in (1, 2):
+        _step(est, model, opt, step)
+        rms.append(_weight_grads(model).pow(2).mean().sqrt().item())
+    assert est.statistics()["meta_grad_rms"] == pytest.approx(sum(rms) / 2, rel=1e-5)
+    assert est.statistics() == {}
