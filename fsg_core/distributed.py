@@ -29,6 +29,20 @@ def world_size(group: Any = None) -> int:
     return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
 
 
+def _by_dtype(tensors: Sequence[Tensor]) -> list[list[Tensor]]:
+    groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    return list(groups.values())
+
+
+def _scatter_back(flat: Tensor, items: list[Tensor]) -> None:
+    offset = 0
+    for t in items:
+        t.data.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
 def all_reduce_mean(tensors: Sequence[Tensor | None], group: Any = None) -> None:
     """Replace each tensor in place by its mean over the process group (Nones are skipped).
 
@@ -37,28 +51,19 @@ def all_reduce_mean(tensors: Sequence[Tensor | None], group: Any = None) -> None
     """
     if not is_distributed(group):
         return
-    present = [t for t in tensors if t is not None]
-    by_key: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
-    for t in present:
-        by_key.setdefault((t.dtype, t.device), []).append(t)
     n = world_size(group)
-    for items in by_key.values():
+    for items in _by_dtype([t for t in tensors if t is not None]):
         flat = torch.cat([t.reshape(-1) for t in items])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-        flat.div_(n)
-        offset = 0
-        for t in items:
-            t.copy_(flat[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
+        _scatter_back(flat.div_(n), items)
 
 
 def broadcast_tensors(tensors: Sequence[Tensor], src: int = 0, group: Any = None) -> None:
-    """Copy rank ``src``'s values of every tensor to all ranks (BatchNorm statistics, for example)."""
-    if not is_distributed(group) or not tensors:
+    """Copy rank ``src``'s values of every tensor to all ranks, exactly (one buffer per dtype)."""
+    if not is_distributed(group):
         return
-    flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
-    dist.broadcast(flat, src=src, group=group)
-    offset = 0
-    for t in tensors:
-        t.data.copy_(flat[offset : offset + t.numel()].view_as(t).to(t.dtype))
-        offset += t.numel()
+    for items in _by_dtype(list(tensors)):
+        flat = torch.cat([t.detach().reshape(-1) for t in items])
+        dist.broadcast(flat, src=src, group=group)
+        if rank() != src:
+            _scatter_back(flat, items)

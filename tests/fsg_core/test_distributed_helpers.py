@@ -149,11 +149,6 @@ def test_broadcast_copies_the_source_rank(results: list[dict[str, Any]], key: st
 
 @pytest.mark.distributed
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    reason="fsg_core/distributed.py broadcast_tensors sends every tensor through a float32 buffer: float64 "
-    "and large int64 values are rounded on every rank, the source rank included",
-)
 def test_broadcast_is_exact_for_float64_and_int64(results: list[dict[str, Any]]) -> None:
     want = _precise_inputs(0)
     for res in results:

@@ -73,6 +73,7 @@ class FSG(LookaheadEstimator):
         normalize: bool = Field(True, description="feed the slow net per-layer RMS-normalised gradients")
         chunk_size: int = Field(4096, ge=64, le=2**26, description="coordinates per slow-net chunk")
         compile: bool = Field(True, description="fuse the slow net with torch.compile (eager if it fails)")
+        checkpoint: bool = Field(True, description="recompute slow-net chunks in backward (memory O(chunk), not O(N))")
 
         @model_validator(mode="after")
         def _sizes_match_preset(self) -> FSG.Params:
@@ -103,6 +104,7 @@ class FSG(LookaheadEstimator):
             normalize=p.normalize,
             chunk_size=p.chunk_size,
             compile=p.compile,
+            checkpoint=p.checkpoint,
             history_length=p.history,
             **p.slow_sizes(),
         ).to(device)
