@@ -142,3 +142,16 @@ class TrainSpec(_Spec):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision of the forward")
     deterministic: bool = Field(True, description="deterministic kernels (bit-identical reruns)")
+
+    @model_validator(mode="after")
+    def _compatible(self) -> TrainSpec:
+        if self.precision == "fp16" and get(self.estimator.name).learned:
+            # The loss scaler would scale the captured g that learned estimators read.
+            raise ValueError(
+                f"precision='fp16' is not supported with the learned estimator {self.estimator.name!r}; use bf16"
+            )
+        if self.binarize.activations and not self.binarize.weights and get(self.estimator.name).learned:
+            raise ValueError(
+                "learned estimators act on weights: set binarize.weights=true or pick a closed-form estimator"
+            )
+        return self
