@@ -12,8 +12,10 @@ batch 128), where the base network costs what it costs on CIFAR (FSG_SPEC §7: o
 base step is ~16x cheaper and every hypernetwork looks expensive).
 
 Every run is its own process, so peak memory and torch.compile caches don't leak between runs.
-Memory is the peak resident set growth during the measured epochs (``VmHWM`` after a reset through
-``/proc/self/clear_refs``, minus the resident set before training), or the CUDA allocator's peak.
+Step times are medians over the measured steps of normal runs. Memory comes from separate short runs
+with glibc's mmap threshold lowered so that the resident set follows live memory: the peak resident
+set growth during the measured epoch (``VmHWM`` after a reset through ``/proc/self/clear_refs``,
+minus the resident set before it), or the CUDA allocator's peak on a GPU.
 Prints tables; asserts nothing.
 """
 
@@ -133,11 +135,13 @@ def _child(spec_json: str, measure_from_epoch: int) -> dict[str, Any]:
     }
 
 
-def _run_child(spec: dict[str, Any], measure_from_epoch: int, threads: int) -> dict[str, Any]:
+def _run_child(spec: dict[str, Any], measure_from_epoch: int, threads: int, *, memory: bool = False) -> dict[str, Any]:
+    """Run one spec in a fresh process. ``memory=True`` makes the resident set follow live memory
+    (large tensors go straight to mmap and back to the OS when freed, instead of staying in glibc's
+    caches); that slows every allocation, so timings come from runs without it."""
     env = dict(os.environ)
-    # Large tensors go straight to mmap and back to the OS when freed, so the resident set follows
-    # live memory instead of glibc's caches.
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+    if memory:
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     env["OMP_NUM_THREADS"] = str(threads)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump({"spec": spec, "measure_from_epoch": measure_from_epoch}, fh)
@@ -210,10 +214,26 @@ def _std(xs: list[float | None]) -> float | None:
     return statistics.stdev(vals) if len(vals) > 1 else None
 
 
+def _measure(spec: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Step time (a normal run) and peak memory (a run with memory tracking) of a short spec.
+
+    Three epochs: the first two warm up (FSG's history fills after 5 steps, then torch.compile
+    runs once) and the third is measured.
+    """
+    timed = _run_child(spec, 2, threads)
+    sized = _run_child(spec, 2, threads, memory=True)
+    return {
+        "step_time_s": timed.get("step_time_s"),
+        "peak_mem_bytes": sized.get("peak_mem_bytes"),
+        **({"error": timed["error"]} if "error" in timed else {}),
+    }
+
+
 def accuracy_table(
     names: list[str], seeds: int, epochs: int, pretrain_epochs: int, threads: int, log: Any
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
+    memory: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         init = Path(tmp) / "fp_resnet20_digits.pt"
         t0 = time.time()
@@ -229,7 +249,11 @@ def accuracy_table(
                     acc = res.get("summary", {}).get("best_val_acc")
                     log(f"  {opt_name:4s} {name:18s} seed {seed}: best_val {_fmt(acc)} ({time.time() - t0:.0f}s)")
                 results[f"{opt_name}/{name}"] = runs
-    return {"fp_pretrain": fp, "runs": results}
+        for name in names:
+            short = _digits_spec(ESTIMATORS[name], OPTIMIZERS["adam"], 0, 3, str(init)) | {"max_steps_per_epoch": 8}
+            memory[name] = _measure(short, threads).get("peak_mem_bytes")
+            log(f"  memory {name:18s} {_fmt(memory[name], ',')} bytes")
+    return {"fp_pretrain": fp, "runs": results, "peak_mem_bytes": memory}
 
 
 def cost_table(names: list[str], steps: int, threads: int, log: Any) -> dict[str, Any]:
@@ -238,33 +262,60 @@ def cost_table(names: list[str], steps: int, threads: int, log: Any) -> dict[str
         est = {**ESTIMATORS, **COST_EXTRA}[name]
         spec = {
             "model": {"arch": "resnet20"},
-            "data": {"dataset": "synthetic", "synthetic_shape": [3, 32, 32], "synthetic_samples": 128 * (steps + 1)},
+            "data": {"dataset": "synthetic", "synthetic_shape": [3, 32, 32], "synthetic_samples": 128 * steps * 2},
             "estimator": est,
             "optimizer": {"name": "adam", "lr": 1e-3},
             "schedule": {"kind": "constant", "milestones": []},
-            "epochs": 2,
+            "epochs": 3,
             "batch_size": 128,
             "max_steps_per_epoch": steps,
             "seed": 0,
         }
         t0 = time.time()
-        res = _run_child(spec, 1, threads)  # epoch 1 warms up (torch.compile), epoch 2 is measured
+        res = _measure(spec, threads)
         results[name] = res
         log(f"  cost {name:18s} step {_fmt(res.get('step_time_s'))} s ({time.time() - t0:.0f}s)")
     return results
 
 
-def print_report(acc: dict[str, Any] | None, cost: dict[str, Any] | None, meta: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+class _MarkdownTable:
+    """The few ``rich.table.Table`` calls used below, rendered as a GitHub markdown table."""
 
-    console = Console(width=160)
-    console.print(f"[bold]bench.estimators[/bold] {meta}")
+    def __init__(self, title: str) -> None:
+        self.title, self.columns, self.rows = title, [], []  # type: ignore[var-annotated]
+
+    def add_column(self, name: str, justify: str = "left") -> None:
+        self.columns.append((name, justify))
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append(cells)
+
+    def render(self) -> str:
+        head = "| " + " | ".join(c for c, _ in self.columns) + " |"
+        rule = "|" + "|".join("---:" if j == "right" else "---" for _, j in self.columns) + "|"
+        body = ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join([f"**{self.title}**", "", head, rule, *body, ""])
+
+
+class _MarkdownConsole:
+    def print(self, obj: Any) -> None:
+        print(obj.render() if isinstance(obj, _MarkdownTable) else f"{obj}\n")
+
+
+def print_report(
+    acc: dict[str, Any] | None, cost: dict[str, Any] | None, meta: dict[str, Any], markdown: bool = False
+) -> None:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    console: Any = _MarkdownConsole() if markdown else Console(width=160)
+    Table: Any = _MarkdownTable if markdown else RichTable
+    console.print(f"bench.estimators {meta}")
     if acc:
         for opt_name in OPTIMIZERS:
             base = acc["runs"].get(f"{opt_name}/ste", [])
             base_time = _mean([r.get("step_time_s") for r in base])
-            base_mem = _mean([r.get("peak_mem_bytes") for r in base])
+            base_mem = acc["peak_mem_bytes"].get("ste")
             table = Table(title=f"W1A32 ResNet-20 on digits, {opt_name}, {meta['seeds']} seed(s), mean ± std")
             for col in ("estimator", "final train loss", "best val acc", "last-10 test acc", "step", "memory"):
                 table.add_column(col, justify="right" if col != "estimator" else "left")
@@ -281,7 +332,7 @@ def print_report(acc: dict[str, Any] | None, cost: dict[str, Any] | None, meta: 
                     return _fmt(m) + ("" if s is None else f" ± {s:.3f}")
 
                 t = _mean([r.get("step_time_s") for r in ok])
-                mem = _mean([r.get("peak_mem_bytes") for r in ok])
+                mem = acc["peak_mem_bytes"].get(key.split("/", 1)[1])
                 table.add_row(
                     key.split("/", 1)[1],
                     cell("final_train_loss"),
@@ -318,11 +369,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default="", help="comma-separated estimator keys (default: all)")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-cost", action="store_true")
-    parser.add_argument("--cost-steps", type=int, default=None, help="measured steps per cost run (default 5)")
+    parser.add_argument("--cost-steps", type=int, default=None, help="steps per epoch of a cost run (default 6)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
+    parser.add_argument("--report", type=Path, default=None, help="print the tables of an earlier --json file")
+    parser.add_argument("--markdown", action="store_true", help="tables as GitHub markdown")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        print_report(saved["accuracy"], saved["cost"], saved["meta"], markdown=args.markdown)
+        return
 
     if args.child:
         job = json.loads(Path(args.child).read_text())
@@ -331,11 +389,15 @@ def main(argv: list[str] | None = None) -> None:
 
     seeds = args.seeds or (1 if args.quick else 3)
     epochs = args.epochs or (8 if args.quick else 15)
-    cost_steps = args.cost_steps or (3 if args.quick else 5)
-    names = [n for n in args.only.split(",") if n] or list(ESTIMATORS)
+    cost_steps = args.cost_steps or (4 if args.quick else 6)
+    only = [n for n in args.only.split(",") if n]
+    unknown = [n for n in only if n not in ESTIMATORS and n not in COST_EXTRA]
+    if unknown:
+        parser.error(f"unknown estimator keys {unknown}; choose from {list(ESTIMATORS) + list(COST_EXTRA)}")
+    names = [n for n in only if n in ESTIMATORS] or list(ESTIMATORS)
     if "ste" not in names:
         names.insert(0, "ste")  # every ratio is to STE measured in the same run
-    cost_names = names + ([] if args.quick or args.only else list(COST_EXTRA))
+    cost_names = names + ([n for n in only if n in COST_EXTRA] if only else [] if args.quick else list(COST_EXTRA))
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -353,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     acc = None if args.skip_accuracy else accuracy_table(names, seeds, epochs, args.pretrain_epochs, args.threads, log)
     cost = None if args.skip_cost else cost_table(cost_names, cost_steps, args.threads, log)
-    print_report(acc, cost, meta)
+    print_report(acc, cost, meta, markdown=args.markdown)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"meta": meta, "accuracy": acc, "cost": cost}, indent=1))
