@@ -120,6 +120,7 @@ class TqdmReporter(Reporter):
 
         if self.bar is not None:
             self.bar.close()
+        self.last = {}  # the previous phase's accuracies would be misread as this one's
         self.steps_per_epoch = steps_per_epoch
         self.epochs = epochs
         self.bar = tqdm(

@@ -83,7 +83,8 @@ def summary(
     if as_json:
         console.print_json(json.dumps(info))
         return
-    console.print(format_summary(ModelSummary.from_dict(info["summary"])))
+    # Already laid out at its own width; rich would re-wrap it at 80 columns when piped.
+    typer.echo(format_summary(ModelSummary.from_dict(info["summary"])))
     console.print(
         f"file: {info['file_bytes']:,} bytes; fp32 state dict: {info['fp32_state_dict_bytes']:,} bytes; "
         f"compression x{info['compression_ratio']:.1f}"
