@@ -1,0 +1,157 @@
+"""The job spec a client submits (``JobSpec``), and what the API returns about jobs.
+
+``JobSpec`` is fsg_core's ``TrainSpec`` plus what the service adds: a name, the kind (``train`` or
+``search``), Ray resources, a search space, priority, retries and a timeout. Unknown fields are
+refused at every level; every number has a bound.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fsg_core.spec import TrainSpec
+
+__all__ = [
+    "Choice",
+    "JobSpec",
+    "LogUniform",
+    "RandInt",
+    "ResourcesSpec",
+    "SearchDimension",
+    "SearchSpec",
+    "Uniform",
+    "set_path",
+]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResourcesSpec(_Spec):
+    num_workers: int = Field(1, ge=1, le=256, description="data-parallel Ray Train workers")
+    use_gpu: bool = Field(False, description="one GPU per worker, NCCL; gloo on CPU")
+    cpus_per_worker: float = Field(1.0, gt=0, le=256)
+    placement: Literal["pack", "spread"] = Field("pack", description="Ray placement strategy of the workers")
+
+    @property
+    def cpus(self) -> float:
+        return self.num_workers * self.cpus_per_worker
+
+    @property
+    def gpus(self) -> float:
+        return float(self.num_workers) if self.use_gpu else 0.0
+
+
+class Uniform(_Spec):
+    type: Literal["uniform"] = "uniform"
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+            raise ValueError("needs finite low < high")
+        return self
+
+
+class LogUniform(_Spec):
+    type: Literal["loguniform"] = "loguniform"
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LogUniform:
+        if not (math.isfinite(self.high) and self.low < self.high):
+            raise ValueError("needs 0 < low < high")
+        return self
+
+
+class RandInt(_Spec):
+    type: Literal["randint"] = "randint"
+    low: int
+    high: int = Field(description="exclusive")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RandInt:
+        if self.low >= self.high:
+            raise ValueError("needs low < high (high is exclusive)")
+        return self
+
+
+class Choice(_Spec):
+    type: Literal["choice", "grid"] = "choice"
+    values: list[Any] = Field(min_length=1, max_length=256)
+
+
+SearchDimension = Annotated[Uniform | LogUniform | RandInt | Choice, Field(discriminator="type")]
+
+
+class SearchSpec(_Spec):
+    space: dict[str, SearchDimension] = Field(
+        min_length=1,
+        max_length=32,
+        description="dotted paths into the training spec (e.g. 'estimator.alpha', 'optimizer.lr') to sample",
+    )
+    num_samples: int = Field(4, ge=1, le=10_000, description="trials (times each grid point)")
+    scheduler: Literal["asha", "fifo"] = "asha"
+    metric: Literal["val_acc", "val_loss", "train_loss", "test_acc"] = "val_acc"
+    mode: Literal["max", "min"] = "max"
+    max_concurrent_trials: int = Field(2, ge=1, le=256)
+    grace_period: int = Field(1, ge=1, le=10_000, description="asha: epochs before a trial may be stopped")
+    reduction_factor: float = Field(2.0, gt=1, le=100, description="asha: halving rate")
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of nested ``data`` with ``path`` (dotted) set to ``value``."""
+    head, _, rest = path.partition(".")
+    out = dict(data)
+    if rest:
+        inner = out.get(head)
+        out[head] = set_path(inner if isinstance(inner, dict) else {}, rest, value)
+    else:
+        out[head] = value
+    return out
+
+
+def _probe_values(dim: Uniform | LogUniform | RandInt | Choice) -> list[Any]:
+    if isinstance(dim, Choice):
+        return list(dim.values)
+    if isinstance(dim, RandInt):
+        return [dim.low, dim.high - 1]
+    return [dim.low, dim.high]
+
+
+class JobSpec(TrainSpec):
+    """A training run or a hyperparameter search, as submitted to ``POST /v1/jobs``."""
+
+    name: str = Field("job", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\- ]*$")
+    kind: Literal["train", "search"] = "train"
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    search: SearchSpec | None = None
+    priority: int = Field(0, ge=-1000, le=1000, description="higher runs first; ties by age")
+    max_retries: int = Field(1, ge=0, le=100, description="attempts after the first, each resuming from its checkpoint")
+    timeout_s: float | None = Field(None, gt=0, le=30 * 86400, description="wall-clock limit of one attempt")
+
+    @model_validator(mode="after")
+    def _search_matches_kind(self) -> JobSpec:
+        if self.kind == "search" and self.search is None:
+            raise ValueError("kind='search' needs a 'search' section")
+        if self.kind == "train" and self.search is not None:
+            raise ValueError("'search' is only allowed with kind='search'")
+        if self.search is not None:
+            base = self.train_spec().model_dump(mode="json")
+            for path, dim in self.search.space.items():
+                for value in _probe_values(dim):
+                    try:
+                        TrainSpec.model_validate(set_path(base, path, value))
+                    except ValueError as exc:
+                        raise ValueError(f"search.space[{path!r}] value {value!r} is not valid: {exc}") from None
+        return self
+
+    def train_spec(self) -> TrainSpec:
+        """The fsg_core part of the spec."""
+        return TrainSpec.model_validate(self.model_dump(include=set(TrainSpec.model_fields)))

@@ -1,0 +1,69 @@
+"""Service settings, read once from the environment (``FSG_*``, plus ``RAY_ADDRESS``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    """Everything the API, the dispatcher and the CLI need to find each other.
+
+    Defaults give the embedded set-up: SQLite and artifacts under ``FSG_HOME`` and a local Ray
+    started by the dispatcher. ``FSG_DATABASE_URL`` (PostgreSQL) and ``RAY_ADDRESS`` scale it out.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FSG_", extra="ignore")
+
+    home: Path = Field(Path(".fsg"), description="state directory: SQLite file, artifacts, logs")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/fsg.db")
+    artifacts_dir: Path | None = Field(None, description="checkpoints and logs; default <home>/artifacts")
+    data_roots: list[Path] = Field(
+        default_factory=list,
+        description="directories a job's data.root may point into (default: <home>/data)",
+    )
+    ray_address: str | None = Field(
+        None,
+        validation_alias=AliasChoices("RAY_ADDRESS", "FSG_RAY_ADDRESS"),
+        description="an existing Ray cluster; unset starts a local one",
+    )
+    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (default: all)")
+    ray_dashboard_url: str = Field("http://127.0.0.1:8265", description="base URL of the Ray dashboard")
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    api_url: str | None = Field(None, description="where clients reach the API; default http://host:port")
+    lease_s: float = Field(30.0, gt=1, le=3600, description="a claimed job's lease; renewed while it runs")
+    poll_interval_s: float = Field(1.0, gt=0, le=60, description="dispatcher loop period")
+    token_ttl_days: int = Field(90, ge=1, le=3650)
+    max_page_size: int = Field(200, ge=1, le=10_000)
+
+    @field_validator("home", "artifacts_dir", mode="after")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        return None if v is None else v.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'fsg.db'}"
+
+    @property
+    def resolved_artifacts_dir(self) -> Path:
+        return self.artifacts_dir or self.home / "artifacts"
+
+    @property
+    def resolved_data_roots(self) -> list[Path]:
+        return [p.expanduser().resolve() for p in self.data_roots] or [self.home / "data"]
+
+    @property
+    def resolved_api_url(self) -> str:
+        return self.api_url or f"http://{self.api_host}:{self.api_port}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
