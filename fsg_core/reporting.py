@@ -26,6 +26,9 @@ class Reporter:
     ``checkpoint`` is the complete training state on rank 0 when a checkpoint is due, else None.
     """
 
+    def on_setup(self, components: Any) -> None:
+        """The run's data, model and estimators are built (``fsg_core.train.Components``)."""
+
     def on_phase(self, phase: str, epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
         """A phase (``pretrain`` or ``binary``) starts."""
 
@@ -44,6 +47,10 @@ class MultiReporter(Reporter):
 
     def __init__(self, reporters: Sequence[Reporter]) -> None:
         self.reporters = list(reporters)
+
+    def on_setup(self, components: Any) -> None:
+        for r in self.reporters:
+            r.on_setup(components)
 
     def on_phase(self, phase: str, epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
         for r in self.reporters:

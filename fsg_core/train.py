@@ -30,7 +30,7 @@ from fsg_core.reporting import Reporter
 from fsg_core.schedules import learning_rate
 from fsg_core.spec import OptimSpec, ScheduleSpec, TrainSpec
 
-__all__ = ["FitResult", "build_components", "evaluate", "fit", "summarize_history"]
+__all__ = ["Components", "FitResult", "build_components", "evaluate", "fit", "save_packed_model", "summarize_history"]
 
 PHASES = ("pretrain", "binary")
 
@@ -59,11 +59,19 @@ class FitResult:
 
     def save_packed(self, path: str | Path, *, fp16: bool = False) -> int:
         """Write the 1-bit deployment artifact of the trained model; returns its size in bytes."""
-        from fsg_core.packed import save_packed
+        return save_packed_model(self.components, path, fp16=fp16)
 
-        c = self.components
+
+def save_packed_model(c: Components, path: str | Path, *, fp16: bool = False) -> int:
+    """Write the 1-bit deployment artifact of ``c.model`` as it is now; returns its size in bytes."""
+    from fsg_core.packed import save_packed
+
+    model = c.model
+    was_training = model.training
+    model.eval()
+    try:
         return save_packed(
-            self.model,
+            model,
             path,
             arch=c.spec.model.arch,
             num_classes=c.splits.num_classes if c.spec.model.num_classes is None else c.spec.model.num_classes,
@@ -77,6 +85,8 @@ class FitResult:
             extra={"estimator": c.spec.estimator.name},
             fp16=fp16,
         )
+    finally:
+        model.train(was_training)
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -400,6 +410,7 @@ def fit(
         torch.use_deterministic_algorithms(True, warn_only=True)
     state = load_checkpoint(resume) if isinstance(resume, (str, Path)) else resume
     c = build_components(spec, device)
+    reporter.on_setup(c)
     history: list[dict[str, Any]] = []
     start_phase, start_epoch = "pretrain", 0
     if state is not None:

@@ -33,7 +33,10 @@ class Settings(BaseSettings):
         description="an existing Ray cluster; unset starts a local one",
     )
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (default: all)")
-    ray_dashboard_url: str = Field("http://127.0.0.1:8265", description="base URL of the Ray dashboard")
+    ray_num_gpus: int | None = Field(None, ge=0, description="GPUs of the local Ray (default: detected)")
+    ray_dashboard_port: int = Field(8265, ge=1, le=65535, description="dashboard port of the local Ray")
+    ray_object_store_mb: int = Field(256, ge=64, description="object store of the local Ray (jobs pass little data)")
+    ray_dashboard_url: str | None = Field(None, description="base URL of the Ray dashboard; default from Ray")
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     api_url: str | None = Field(None, description="where clients reach the API; default http://host:port")

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import typer
 
+from service.cli import jobs as _jobs
+from service.cli import server as _server
+from service.cli import tokens as _tokens
 from service.cli import train as _train
 
 app = typer.Typer(
@@ -13,6 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-_train.register(app)
+for _module in (_train, _server, _jobs, _tokens):
+    _module.register(app)
 
 __all__ = ["app"]

@@ -1,0 +1,132 @@
+"""``fsg up``, ``fsg api`` and ``fsg dispatcher``: run the service."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def _settings(**overrides: Any) -> Any:
+    from service.settings import Settings
+
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def ensure_client_config(settings: Any) -> Path:
+    """Write ``<FSG_HOME>/client.json`` (API address and a token of tenant ``default``) if missing."""
+    from service.client import client_config_path
+    from service.db.engine import Database
+    from service.security import create_token
+
+    path = client_config_path(settings.home)
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("url") == settings.resolved_api_url:
+            return path
+    db = Database.from_url(settings.resolved_database_url)
+    try:
+        with db.write() as session:
+            token = create_token(session, "default", "fsg up", settings.token_ttl_days)
+    finally:
+        db.dispose()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"url": settings.resolved_api_url, "token": token}))
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return path
+
+
+def _settings_env(settings: Any) -> dict[str, str]:
+    env = dict(os.environ)
+    env["FSG_HOME"] = str(settings.home)
+    env["FSG_DATABASE_URL"] = settings.resolved_database_url
+    env["FSG_API_HOST"] = settings.api_host
+    env["FSG_API_PORT"] = str(settings.api_port)
+    return env
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the API exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the API did not answer on {url} within {timeout_s:.0f} s")
+
+
+def up(
+    home: Annotated[Path | None, typer.Option(help="state directory (FSG_HOME, default ./.fsg)")] = None,
+    host: Annotated[str | None, typer.Option(help="API host (FSG_API_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="API port (FSG_API_PORT)")] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray (FSG_RAY_NUM_CPUS)")] = None,
+) -> None:
+    """Start everything on this machine: the API, the dispatcher and a local Ray (or RAY_ADDRESS's)."""
+    from service.db.migrate import upgrade
+    from workers.dispatcher import main as run_dispatcher
+
+    settings = _settings(home=home, api_host=host, api_port=port, ray_num_cpus=num_cpus)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    config = ensure_client_config(settings)
+    api = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "api"], env=_settings_env(settings), start_new_session=True
+    )
+    try:
+        _wait_healthy(settings.resolved_api_url, api)
+        console.print(f"[green]API[/green] {settings.resolved_api_url}  (docs: {settings.resolved_api_url}/docs)")
+        console.print(f"[green]client config[/green] {config} (FSG_HOME={settings.home})")
+        console.print(f"[green]database[/green] {settings.resolved_database_url}")
+        run_dispatcher(settings)  # blocks; returns on SIGTERM/SIGINT
+    finally:
+        if api.poll() is None:
+            api.send_signal(signal.SIGINT)
+            try:
+                api.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                api.kill()
+        console.print("fsg stopped")
+
+
+def api(
+    host: Annotated[str | None, typer.Option(help="FSG_API_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="FSG_API_PORT")] = None,
+) -> None:
+    """Run only the REST API (uvicorn)."""
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = _settings(api_host=host, api_port=port)
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning")
+
+
+def dispatcher() -> None:
+    """Run only a dispatcher (several may run against PostgreSQL)."""
+    from workers.dispatcher import main as run_dispatcher
+
+    run_dispatcher(_settings())
+
+
+def register(app: typer.Typer) -> None:
+    app.command("up")(up)
+    app.command("api")(api)
+    app.command("dispatcher")(dispatcher)

@@ -1,0 +1,334 @@
+"""The dispatcher: claims queued jobs, runs each attempt on Ray, and writes back what happened.
+
+One loop, ``tick()`` after ``tick()``: reap expired leases (jobs of dead dispatchers go back to
+the queue) -> watch running attempts (finished? cancel requested? timed out? renew the lease) ->
+claim and launch while Ray has room. Decisions come from ``workers.policy``; every state change
+goes through ``service.db.queue``. An attempt is a zero-CPU Ray task (``job_runner.run_job``)
+owned by this process: if the dispatcher dies, Ray ends its attempts with it, and once the lease
+expires another dispatcher resumes the job from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import RayTaskError, TaskCancelledError, WorkerCrashedError
+
+from service.db import queue, records
+from service.db.engine import Database
+from service.db.models import Checkpoint, Job, utcnow
+from service.db.states import JobState
+from service.schemas.jobs import JobSpec
+from service.settings import Settings
+from workers import policy
+from workers.callbacks import JobLog
+from workers.job_runner import JobContext, run_job
+from workers.ray_cluster import RayCluster, connect
+
+__all__ = ["Dispatcher", "main"]
+
+log = logging.getLogger("fsg.dispatcher")
+
+
+class JobConfigError(RuntimeError):
+    """The job cannot run as specified (missing data root, ...): failing again would not help."""
+
+
+@dataclass
+class Attempt:
+    job_id: str
+    number: int
+    ref: Any
+    cpus: float
+    gpus: float
+    started: datetime
+    timeout_s: float | None
+    last_renewal: datetime
+    stopping: policy.Outcome | None = None  # set when we asked Ray to stop it (cancel or timeout)
+    stop_sent_at: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Dispatcher:
+    """Runs queued jobs on Ray. Create it in the main thread; call ``run()`` (or ``tick()`` in tests)."""
+
+    def __init__(self, settings: Settings, db: Database | None = None, *, owner: str | None = None) -> None:
+        self.settings = settings
+        self.db = db or Database.from_url(settings.resolved_database_url)
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.attempts: dict[str, Attempt] = {}
+        self.cluster: RayCluster | None = None
+        self._remote: Any = None
+        self._last_reap = 0.0
+        self.stop_event = threading.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> RayCluster:
+        """Connect to (or start) Ray and reclaim jobs whose dispatcher died."""
+        self.cluster = connect(self.settings)
+        # Attempts must not be retried by Ray behind our back: retries are the queue's decision.
+        self._remote = ray.remote(num_cpus=0, max_retries=0)(run_job)
+        self.reap()
+        log.info("dispatcher %s ready on Ray %s", self.owner, self.cluster.address)
+        return self.cluster
+
+    def run(self) -> None:
+        """Tick until ``stop_event`` is set (SIGTERM/SIGINT when run by ``main``), then shut down."""
+        if self.cluster is None:
+            self.start()
+        try:
+            while not self.stop_event.is_set():
+                self.tick()
+                self.stop_event.wait(self.settings.poll_interval_s)
+        finally:
+            self.shutdown()
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Stop our attempts and give their jobs back to the queue (they resume later)."""
+        for attempt in list(self.attempts.values()):
+            ray.cancel(attempt.ref)
+        deadline = time.monotonic() + timeout_s
+        for attempt in list(self.attempts.values()):
+            try:
+                ray.wait([attempt.ref], timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001 - shutting down: nothing more to do with it
+                pass
+            with self.db.write() as session:
+                job = session.get(Job, attempt.job_id, with_for_update=True)
+                if job is None or job.lease_owner != self.owner:
+                    continue
+                if job.state == JobState.cancelling:
+                    queue.transition(session, job, JobState.cancelled, message="cancelled (dispatcher stopped)")
+                elif job.state in (JobState.running, JobState.dispatching):
+                    job.attempts = max(job.attempts - 1, 0)  # not the job's failure
+                    queue.transition(session, job, JobState.retrying, message=f"dispatcher {self.owner} stopped")
+                    queue.transition(session, job, JobState.queued, message="requeued; resumes from its checkpoint")
+        self.attempts.clear()
+
+    # --- one iteration --------------------------------------------------------------------------
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_reap >= self.settings.lease_s / 2:
+            self.reap()
+        self.watch()
+        self.dispatch()
+
+    def reap(self) -> list[str]:
+        self._last_reap = time.monotonic()
+        with self.db.write() as session:
+            reaped = queue.reap_expired(session)
+            ids = [job.id for job in reaped]
+        for job_id in ids:
+            JobLog(self._log_path(job_id)).write("lease expired (dispatcher gone): " + self._state_of(job_id))
+        return ids
+
+    def free_resources(self) -> tuple[float, float]:
+        """Ray's free resources, minus what our just-launched attempts will take but may not hold yet."""
+        assert self.cluster is not None
+        cpus, gpus = self.cluster.free()
+        total_cpus, total_gpus = self.cluster.total()
+        ours_cpus = sum(a.cpus for a in self.attempts.values())
+        ours_gpus = sum(a.gpus for a in self.attempts.values())
+        return min(cpus, total_cpus - ours_cpus), min(gpus, total_gpus - ours_gpus)
+
+    def dispatch(self) -> None:
+        while not self.stop_event.is_set():
+            cpus, gpus = self.free_resources()
+            job = queue.claim_next(
+                self.db, owner=self.owner, lease_s=self.settings.lease_s, free_cpus=cpus + 1e-9, free_gpus=gpus + 1e-9
+            )
+            if job is None:
+                return
+            self.launch(job)
+
+    def launch(self, job: Job) -> None:
+        spec = JobSpec.model_validate(job.spec)
+        log_path = self._log_path(job.id)
+        problem = self._preflight(spec)
+        with self.db.write() as session:
+            current = session.get(Job, job.id, with_for_update=True)
+            assert current is not None
+            if problem is not None:
+                queue.transition(session, current, JobState.failed, message=problem, error=problem)
+                JobLog(log_path).write(problem)
+                return
+            if current.cancel_requested or current.state == JobState.cancelling:
+                if current.state == JobState.dispatching:
+                    queue.transition(session, current, JobState.cancelled, message="cancelled before it started")
+                return
+            resume = self._latest_checkpoint_dir(session, job.id) if spec.kind == "train" else None
+            url = self.cluster.run_url(job.id) if self.cluster else None
+            queue.transition(
+                session,
+                current,
+                JobState.running,
+                message=f"attempt {current.attempts} started on Ray" + (f", resuming from {resume}" if resume else ""),
+                data={"attempt": current.attempts, "ray_dashboard_url": url, "resume_path": resume},
+            )
+            number = current.attempts
+        ctx = JobContext(
+            job_id=job.id,
+            attempt=number,
+            spec=job.spec,
+            database_url=self.settings.resolved_database_url,
+            artifacts_dir=str(self.settings.resolved_artifacts_dir),
+            resume_path=resume,
+        )
+        ref = self._remote.options(name=f"fsg-job-{job.id}-attempt-{number}").remote(ctx)
+        now = utcnow()
+        self.attempts[job.id] = Attempt(job.id, number, ref, job.cpus, job.gpus, now, job.timeout_s, now)
+        log.info("job %s attempt %d launched", job.id, number)
+
+    def watch(self) -> None:
+        if not self.attempts:
+            return
+        refs = [a.ref for a in self.attempts.values()]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        done = {id(r) for r in ready}
+        with self.db.read() as session:
+            states = {
+                j.id: (j.state, j.cancel_requested)
+                for j in session.query(Job).filter(Job.id.in_(list(self.attempts))).all()
+            }
+        now = utcnow()
+        for attempt in list(self.attempts.values()):
+            if id(attempt.ref) in done:
+                self.finish(attempt)
+                continue
+            state, cancel_requested = states.get(attempt.job_id, (None, False))
+            if attempt.stopping is None and (cancel_requested or state == JobState.cancelling):
+                self._stop(attempt, policy.Outcome.cancelled)
+            elif attempt.stopping is None and policy.timed_out(attempt.started, attempt.timeout_s, now):
+                self._stop(attempt, policy.Outcome.timed_out)
+            if policy.lease_renewal_due(attempt.last_renewal, self.settings.lease_s, now):
+                with self.db.write() as session:
+                    held = queue.renew_lease(session, attempt.job_id, owner=self.owner, lease_s=self.settings.lease_s)
+                attempt.last_renewal = now
+                if not held:
+                    # Another dispatcher reaped it: our attempt must not run beside its new one.
+                    log.warning("lost the lease of job %s; stopping its attempt", attempt.job_id)
+                    ray.cancel(attempt.ref, force=True)
+                    del self.attempts[attempt.job_id]
+
+    def _stop(self, attempt: Attempt, why: policy.Outcome) -> None:
+        """Ask Ray to stop the attempt: a KeyboardInterrupt in the task ends its TorchTrainer/Tuner,
+        whose actors (owned by the task) go with it and return their CPUs."""
+        attempt.stopping = why
+        attempt.stop_sent_at = time.monotonic()
+        ray.cancel(attempt.ref)
+        JobLog(self._log_path(attempt.job_id)).write(f"stopping attempt {attempt.number}: {why}")
+
+    def finish(self, attempt: Attempt) -> None:
+        summary: dict[str, Any] | None = None
+        error: str | None = None
+        retryable = True
+        try:
+            summary = ray.get(attempt.ref)
+            outcome = policy.Outcome.succeeded
+        except (TaskCancelledError, KeyboardInterrupt):
+            outcome = attempt.stopping or policy.Outcome.cancelled
+        except (RayTaskError, WorkerCrashedError) as exc:
+            cause = getattr(exc, "cause", None)
+            if attempt.stopping is not None and isinstance(cause, (KeyboardInterrupt, TaskCancelledError)):
+                outcome = attempt.stopping
+            elif attempt.stopping is not None:
+                outcome = attempt.stopping
+            else:
+                outcome = policy.Outcome.failed
+                error = _short_error(exc)
+                retryable = "DatasetError" not in str(exc) and "CheckpointError" not in str(exc)
+        del self.attempts[attempt.job_id]
+        with self.db.write() as session:
+            job = session.get(Job, attempt.job_id, with_for_update=True)
+            if job is None or job.lease_owner != self.owner:
+                return  # reaped meanwhile; the new owner decides
+            decision = policy.after_attempt(
+                outcome,
+                attempts=job.attempts,
+                max_retries=job.max_retries if retryable else 0,
+                cancel_requested=job.cancel_requested,
+            )
+            if outcome == policy.Outcome.timed_out:
+                error = f"attempt {job.attempts} exceeded timeout_s={job.timeout_s}"
+            if decision.verdict == policy.Verdict.succeed:
+                records.set_summary(session, job, summary or {})
+                queue.transition(session, job, JobState.succeeded, message=decision.reason)
+            elif decision.verdict == policy.Verdict.cancel:
+                if job.state != JobState.cancelling:
+                    queue.transition(session, job, JobState.cancelling, message="cancel requested")
+                queue.transition(session, job, JobState.cancelled, message="cancelled; Ray work stopped")
+            elif decision.verdict == policy.Verdict.retry:
+                queue.transition(session, job, JobState.retrying, message=decision.reason, error=error)
+                queue.transition(session, job, JobState.queued, message="requeued; resumes from its checkpoint")
+            else:
+                queue.transition(session, job, JobState.failed, message=decision.reason, error=error)
+            final = job.state
+        JobLog(self._log_path(attempt.job_id)).write(
+            f"job {final}: {decision.reason}" + (f" ({error})" if error else "")
+        )
+
+    # --- helpers --------------------------------------------------------------------------------
+    def _log_path(self, job_id: str) -> Path:
+        return self.settings.resolved_artifacts_dir / "jobs" / job_id / "log.txt"
+
+    def _state_of(self, job_id: str) -> str:
+        with self.db.read() as session:
+            job = session.get(Job, job_id)
+            return job.state if job else "gone"
+
+    def _preflight(self, spec: JobSpec) -> str | None:
+        root = spec.data.root
+        if root and not Path(root).exists():
+            return f"data.root {root!r} does not exist on the dispatching node"
+        return None
+
+    def _latest_checkpoint_dir(self, session: Any, job_id: str) -> str | None:
+        latest = (
+            session.query(Checkpoint)
+            .filter(Checkpoint.job_id == job_id, Checkpoint.trial_key == "", Checkpoint.full_path.is_not(None))
+            .order_by(Checkpoint.id.desc())
+            .first()
+        )
+        if latest is None or not Path(latest.full_path).exists():
+            return None
+        return str(Path(latest.full_path).parent)
+
+
+def _short_error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    tail = [line for line in text if line.strip()][-3:]
+    return " | ".join(tail)[:2000] or type(exc).__name__
+
+
+def main(settings: Settings | None = None) -> None:
+    """Run a dispatcher until SIGTERM or SIGINT (``fsg dispatcher`` and ``fsg up`` call this)."""
+    from service.db.migrate import upgrade
+
+    settings = settings or Settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    upgrade(settings.resolved_database_url)
+    dispatcher = Dispatcher(settings)
+
+    def _stop(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        dispatcher.stop_event.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    dispatcher.start()
+    dispatcher.run()
+
+
+if __name__ == "__main__":
+    main()

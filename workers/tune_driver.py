@@ -1,0 +1,160 @@
+"""A search job on Ray Tune: a function trainable that builds one TorchTrainer per trial.
+
+Passing a trainer to ``Tuner`` is deprecated (it raises in Ray 2.60), so each trial runs its own
+TorchTrainer, whose epochs reach Tune through ``TuneReportCallback`` (ASHA needs them) and the
+database through ``DatabaseCallback``. The best trial is the one with the best validation accuracy
+of its binarized phase, read back from the recorded metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ray.tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from service.schemas.jobs import Choice, JobSpec, LogUniform, RandInt, SearchSpec, Uniform, set_path
+from workers.job_runner import JobContext
+from workers.train_driver import build_trainer, job_summary
+
+__all__ = ["param_space", "run_search", "trial_score"]
+
+
+def param_space(search: SearchSpec) -> dict[str, Any]:
+    """The Tune search space of a job's ``search.space`` (keys stay the dotted spec paths)."""
+    space: dict[str, Any] = {}
+    for path, dim in search.space.items():
+        if isinstance(dim, Uniform):
+            space[path] = ray.tune.uniform(dim.low, dim.high)
+        elif isinstance(dim, LogUniform):
+            space[path] = ray.tune.loguniform(dim.low, dim.high)
+        elif isinstance(dim, RandInt):
+            space[path] = ray.tune.randint(dim.low, dim.high)
+        elif isinstance(dim, Choice):
+            space[path] = ray.tune.grid_search(dim.values) if dim.type == "grid" else ray.tune.choice(dim.values)
+    return space
+
+
+def _db(ctx: JobContext) -> Any:
+    from service.db.engine import Database
+
+    return Database.from_url(ctx.database_url)
+
+
+def _trial_function(ctx: JobContext, spec: JobSpec) -> Any:
+    base = spec.train_spec().model_dump(mode="json")
+
+    def trial(config: dict[str, Any]) -> None:
+        from service.db import records
+
+        trial_key = ray.tune.get_context().get_trial_id()
+        train_spec = base
+        for path, value in config.items():
+            train_spec = set_path(train_spec, path, value)
+        db = _db(ctx)
+        try:
+            with db.write() as session:
+                records.upsert_trial(session, ctx.job_id, trial_key=trial_key, config=config, state="running")
+        finally:
+            db.dispose()
+        trainer = build_trainer(
+            ctx,
+            spec,
+            train_spec=train_spec,
+            run_name=f"{ctx.job_id}-{trial_key}",
+            trial_key=trial_key,
+            extra_callbacks=[TuneReportCallback()],
+        )
+        trainer.fit()
+
+    return trial
+
+
+def _scheduler(spec: JobSpec) -> Any:
+    assert spec.search is not None
+    if spec.search.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=spec.init.pretrain_epochs + spec.epochs,  # one report per epoch, both phases
+        grace_period=spec.search.grace_period,
+        reduction_factor=spec.search.reduction_factor,
+    )
+
+
+def run_search(ctx: JobContext, spec: JobSpec) -> dict[str, Any]:
+    from service.db import records
+
+    assert spec.search is not None
+    search = spec.search
+    tuner = ray.tune.Tuner(
+        # The trial itself only waits on its TorchTrainer, whose workers hold the CPUs.
+        ray.tune.with_resources(_trial_function(ctx, spec), {"CPU": 0.01}),
+        param_space=param_space(search),
+        tune_config=ray.tune.TuneConfig(
+            num_samples=search.num_samples,
+            metric=search.metric,
+            mode=search.mode,
+            scheduler=_scheduler(spec),
+            max_concurrent_trials=search.max_concurrent_trials,
+        ),
+        run_config=ray.tune.RunConfig(name=ctx.job_id, storage_path=ctx.ray_storage),
+    )
+    results = tuner.fit()
+    total_epochs = spec.init.pretrain_epochs + spec.epochs
+    best_key: str | None = None
+    best_value: float | None = None
+    summaries: dict[str, dict[str, Any]] = {}
+    db = _db(ctx)
+    try:
+        for result in results:
+            trial_key = str((result.metrics or {}).get("trial_id", ""))
+            if not trial_key:
+                continue  # failed before its first report; Tune logged why
+            summary = job_summary(ctx, trial_key)
+            summaries[trial_key] = summary
+            value = trial_score(ctx, trial_key, search.metric, search.mode)
+            iterations = int(result.metrics.get("training_iteration", 0) or 0)
+            state = "failed" if result.error else ("succeeded" if iterations >= total_epochs else "stopped")
+            with db.write() as session:
+                records.upsert_trial(
+                    session,
+                    ctx.job_id,
+                    trial_key=trial_key,
+                    config=dict(result.config or {}),
+                    state=state,
+                    metric=value,
+                    epochs=iterations,
+                    error=str(result.error) if result.error else None,
+                )
+            if value is not None and (best_value is None or (value > best_value) == (search.mode == "max")):
+                best_key, best_value = trial_key, value
+        if best_key is None:
+            raise RuntimeError(f"no trial of the search reported a finite binarized-phase {search.metric}")
+        with db.write() as session:
+            records.mark_best_trial(session, ctx.job_id, best_key)
+    finally:
+        db.dispose()
+    out = dict(summaries[best_key])
+    out.update(best_trial=best_key, best_metric=best_value, trials=len(summaries))
+    return out
+
+
+def trial_score(ctx: JobContext, trial_key: str, metric: str, mode: str) -> float | None:
+    """The trial's best ``metric`` over its binarized epochs (pre-training accuracy is not the model's)."""
+    from service.db import reads
+
+    db = _db(ctx)
+    try:
+        with db.read() as session:
+            values = [
+                m.values.get(metric) for m in reads.list_metrics(session, ctx.job_id, trial_key) if m.phase == "binary"
+            ]
+    finally:
+        db.dispose()
+    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not finite:
+        return None
+    return max(finite) if mode == "max" else min(finite)

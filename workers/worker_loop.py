@@ -1,0 +1,77 @@
+"""What every Ray Train worker runs: fsg_core's ``fit`` with a reporter that talks to Ray Train.
+
+Each epoch every rank calls ``ray.train.report`` (Ray requires all of them); rank 0 attaches a
+checkpoint directory holding the resumable state (``checkpoint.pt``) and, in the binarized phase,
+the 1-bit packed model (``model.packed.safetensors``). A restarted worker group, or a new attempt
+of the job, resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+
+from fsg_core.checkpoint import load_checkpoint, save_checkpoint
+from fsg_core.reporting import Reporter
+from fsg_core.spec import TrainSpec
+from fsg_core.train import Components, fit, save_packed_model
+
+__all__ = ["CHECKPOINT_FILE", "PACKED_FILE", "RayReporter", "train_loop_per_worker"]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+PACKED_FILE = "model.packed.safetensors"
+METRICS_FILE = "metrics.json"
+
+
+class RayReporter(Reporter):
+    """Forwards epochs and checkpoints to ``ray.train.report`` (or ``ray.tune.report``)."""
+
+    def __init__(self) -> None:
+        self.components: Components | None = None
+
+    def on_setup(self, components: Any) -> None:
+        self.components = components
+
+    def report(self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
+        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
+        if checkpoint is None:
+            ray.train.report(clean)
+            return
+        tmp = Path(tempfile.mkdtemp(prefix="fsg-ckpt-"))
+        try:
+            save_checkpoint(checkpoint, tmp / CHECKPOINT_FILE)
+            if metrics.get("phase") == "binary" and self.components is not None:
+                save_packed_model(self.components, tmp / PACKED_FILE)
+            (tmp / METRICS_FILE).write_text(json.dumps(clean))
+            ray.train.report(clean, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _resume_state(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The state to resume from: Ray's latest checkpoint of this run (a restarted worker group), else
+    the checkpoint of an earlier attempt that the dispatcher passed in, else None."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            path = Path(directory) / CHECKPOINT_FILE
+            if path.exists():
+                return load_checkpoint(path)
+    resume_path = config.get("resume_path")
+    if resume_path and (Path(resume_path) / CHECKPOINT_FILE).exists():
+        return load_checkpoint(Path(resume_path) / CHECKPOINT_FILE)
+    return None
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function: ``config`` holds ``spec`` (a TrainSpec as JSON data) and
+    optionally ``resume_path`` (a checkpoint directory of an earlier attempt)."""
+    spec = TrainSpec.model_validate(config["spec"])
+    device = ray.train.torch.get_device()
+    fit(spec, RayReporter(), resume=_resume_state(config), device=device)
