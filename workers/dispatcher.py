@@ -31,6 +31,7 @@ from service.db.models import Checkpoint, Job, utcnow
 from service.db.states import JobState
 from service.schemas.jobs import JobSpec
 from service.settings import Settings
+from service.storage import Storage
 from workers import policy
 from workers.callbacks import JobLog
 from workers.job_runner import JobContext, run_job
@@ -77,6 +78,10 @@ class Dispatcher:
     def start(self) -> RayCluster:
         """Connect to (or start) Ray and reclaim jobs whose dispatcher died."""
         self.cluster = connect(self.settings)
+        # Tell the API where Ray is (readiness, dashboard links).
+        Storage(self.settings.resolved_artifacts_dir).write_ray_record(
+            {"address": self.cluster.address, "dashboard_url": self.cluster.dashboard_url}
+        )
         # Attempts must not be retried by Ray behind our back: retries are the queue's decision.
         self._remote = ray.remote(num_cpus=0, max_retries=0)(run_job)
         self.reap()
@@ -115,6 +120,8 @@ class Dispatcher:
                     queue.transition(session, job, JobState.retrying, message=f"dispatcher {self.owner} stopped")
                     queue.transition(session, job, JobState.queued, message="requeued; resumes from its checkpoint")
         self.attempts.clear()
+        if self.cluster is not None and self.cluster.started_here:
+            Storage(self.settings.resolved_artifacts_dir).clear_ray_record()
 
     # --- one iteration --------------------------------------------------------------------------
     def tick(self) -> None:
@@ -280,7 +287,7 @@ class Dispatcher:
 
     # --- helpers --------------------------------------------------------------------------------
     def _log_path(self, job_id: str) -> Path:
-        return self.settings.resolved_artifacts_dir / "jobs" / job_id / "log.txt"
+        return Storage(self.settings.resolved_artifacts_dir).log_path(job_id)
 
     def _state_of(self, job_id: str) -> str:
         with self.db.read() as session:

@@ -29,47 +29,58 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(1)
 
 
-def follow(client: Any, job: dict[str, Any], *, quiet: bool = False) -> dict[str, Any]:
-    """Show a job's progress from its event stream until it ends; returns the final job."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+def _epochs(job: dict[str, Any]) -> int:
     spec = job["spec"]
     epochs = spec.get("epochs", 0) + spec.get("init", {}).get("pretrain_epochs", 0)
-    trials = spec.get("search", {}).get("num_samples", 1) if spec.get("kind") == "search" else 1
-    seen: set[tuple[str, str, int]] = set()
+    trials = (spec.get("search") or {}).get("num_samples", 1) if spec.get("kind") == "search" else 1
+    return int(epochs * trials)
+
+
+def follow_many(client: Any, jobs: list[dict[str, Any]], *, quiet: bool = False) -> list[dict[str, Any]]:
+    """Progress bars (epochs done, state, last validation accuracy) fed by each job's event stream,
+    until every job ends; returns the final jobs."""
+    import threading
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
         console=console,
         disable=quiet,
     ) as progress:
-        task = progress.add_task(f"{job['name']} ({job['id'][:8]})", total=epochs * trials, status=job["state"])
-        for event in client.events(job["id"]):
-            data = event.data
-            if event.kind == "state":
-                progress.update(task, status=data.get("to_state", ""))
-                if data.get("message"):
-                    progress.console.print(f"  {data.get('to_state')}: {data['message']}")
-            elif event.kind == "metric":
-                key = (str(data.get("trial_key", "")), str(data.get("phase")), int(data.get("epoch", 0)))
-                if key not in seen:
-                    seen.add(key)
-                    progress.advance(task)
-                acc = data.get("values", data).get("val_acc")
-                status = f"{key[1]} {key[2]}" + (f" val_acc={acc:.3f}" if isinstance(acc, float) else "")
-                progress.update(task, status=status)
-    return client.job(job["id"])
+
+        def watch(job: dict[str, Any]) -> None:
+            task = progress.add_task(f"{job['name']} ({job['id'][:8]})", total=_epochs(job), status=job["state"])
+            seen: set[tuple[str, str, int]] = set()
+            for event in client.events(job["id"]):
+                data = event.data
+                if event.kind == "state":
+                    progress.update(task, status=str(data.get("to_state", "")))
+                elif event.kind == "metric":
+                    key = (str(data.get("trial_key", "")), str(data.get("phase")), int(data.get("epoch", 0)))
+                    if key not in seen:
+                        seen.add(key)
+                        progress.advance(task)
+                    acc = (data.get("values") or {}).get("val_acc")
+                    progress.update(
+                        task, status=f"{key[1]} {key[2]}" + (f" val_acc={acc:.3f}" if isinstance(acc, float) else "")
+                    )
+
+        threads = [threading.Thread(target=watch, args=(job,), daemon=True) for job in jobs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return [client.job(job["id"]) for job in jobs]
+
+
+def follow(client: Any, job: dict[str, Any], *, quiet: bool = False) -> dict[str, Any]:
+    """Show one job's progress until it ends; returns the final job."""
+    return follow_many(client, [job], quiet=quiet)[0]
 
 
 def submit(

@@ -16,13 +16,27 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Checkpoint", "Job", "JobEvent", "Metric", "Token", "Trial", "new_id", "utcnow"]
+__all__ = [
+    "Base",
+    "Checkpoint",
+    "Job",
+    "JobEvent",
+    "Metric",
+    "Token",
+    "Trial",
+    "UTCDateTime",
+    "new_id",
+    "utcnow",
+]
 
 
 def utcnow() -> datetime:
@@ -34,8 +48,41 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """``DateTime(timezone=True)`` that always hands back aware UTC datetimes.
+
+    SQLite has no time zone type: it stores the text of the value and returns naive datetimes, while
+    PostgreSQL returns aware ones in the session's time zone. Normalising to UTC on the way in and out
+    makes rows compare, sort and serialise the same on both backends (naive input is taken as UTC).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else _as_utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else _as_utc(value)
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Named constraints: SQLite migrations (Alembic batch mode) can only drop or alter what has a name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime()}
 
 
 class Token(Base):
@@ -90,6 +137,8 @@ class JobEvent(Base):
     """One state change (or other notable event) of a job; ``id`` is monotonic and is the SSE id."""
 
     __tablename__ = "job_events"
+    # AUTOINCREMENT: SQLite never reuses an id, even of deleted rows, so SSE ids only ever grow.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)

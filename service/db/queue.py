@@ -14,7 +14,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from service.db.engine import Database
 from service.db.models import Job, JobEvent, utcnow
@@ -74,10 +76,8 @@ def enqueue(session: Session, *, tenant: str, spec: JobSpec, idempotency_key: st
     """
     digest = request_hash(spec)
     if idempotency_key is not None:
-        existing = session.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key))
+        existing = _replayed(session, tenant, idempotency_key, digest)
         if existing is not None:
-            if existing.request_hash != digest:
-                raise IdempotencyConflict(idempotency_key, existing.id)
             return existing, False
     job = Job(
         tenant=tenant,
@@ -93,10 +93,47 @@ def enqueue(session: Session, *, tenant: str, spec: JobSpec, idempotency_key: st
         idempotency_key=idempotency_key,
         request_hash=digest,
     )
-    session.add(job)
-    session.flush()
+    if idempotency_key is None:
+        session.add(job)
+        session.flush()
+    else:
+        # Two requests with one key can both miss the lookup above (PostgreSQL, concurrent API workers):
+        # the loser's insert hits the unique constraint, and the winner's job is the answer.
+        try:
+            with session.begin_nested():
+                session.add(job)
+                session.flush()
+        except IntegrityError:
+            existing = _replayed(session, tenant, idempotency_key, digest)
+            if existing is None:
+                raise
+            return existing, False
     _event(session, job, to_state=JobState.queued, message="submitted")
     return job, True
+
+
+def _replayed(session: Session, tenant: str, key: str, digest: str) -> Job | None:
+    """The job an earlier request with this key created, if any; raises if its body differed."""
+    existing = session.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == key))
+    if existing is not None and existing.request_hash != digest:
+        raise IdempotencyConflict(key, existing.id)
+    return existing
+
+
+def _lock_state(session: Session, job: Job) -> JobState:
+    """Lock the job's row and return its state as committed now, refreshing ``job.state``.
+
+    ``job`` may have been loaded before another writer moved it (the API cancelling while the
+    dispatcher reports, on PostgreSQL), so guards must read the row under a lock rather than trust
+    the object. The lock also orders the job's events: ids are taken while it is held, so they
+    commit in id order and an SSE reader resuming after an id never misses one. ``FOR NO KEY
+    UPDATE`` (``key_share``) does not block inserts of rows that reference the job.
+    """
+    state = session.scalar(select(Job.state).where(Job.id == job.id).with_for_update(key_share=True))
+    if state is None:
+        raise LookupError(f"job {job.id} does not exist")
+    set_committed_value(job, "state", state)
+    return JobState(state)
 
 
 def transition(
@@ -110,10 +147,13 @@ def transition(
 ) -> JobEvent:
     """Move ``job`` to ``target`` (guarded by ``ALLOWED``) and record the event.
 
+    The guard reads the job's state from its locked row, not from ``job`` (which may be stale).
+
     Raises:
-        IllegalTransition: ``job.state -> target`` is not allowed.
+        IllegalTransition: the job's current state cannot go to ``target``.
+        LookupError: the job's row does not exist.
     """
-    current = JobState(job.state)
+    current = _lock_state(session, job)
     check_transition(job.id, current, target)
     now = utcnow()
     job.state = target
@@ -154,7 +194,14 @@ def claim_next(
         head = head.with_for_update(skip_locked=True)
     stmt = (
         update(Job)
-        .where(Job.id == head.scalar_subquery(), Job.cpus <= free_cpus, Job.gpus <= free_gpus)
+        # ``state`` again: PostgreSQL re-checks this WHERE on the row's latest version, so even a
+        # subquery that lost its row lock could not claim a job twice.
+        .where(
+            Job.id == head.scalar_subquery(),
+            Job.state == JobState.queued,
+            Job.cpus <= free_cpus,
+            Job.gpus <= free_gpus,
+        )
         .values(
             state=JobState.dispatching,
             lease_owner=owner,
@@ -209,6 +256,8 @@ def reap_expired(session: Session, *, now: datetime | None = None) -> list[Job]:
         select(Job)
         .where(Job.state.in_([s.value for s in ACTIVE]), Job.lease_until.is_not(None), Job.lease_until < now)
         .with_for_update(skip_locked=True)
+        # Objects already in the session would otherwise keep their stale, unlocked values.
+        .execution_options(populate_existing=True)
     ).all()
     for job in expired:
         owner = job.lease_owner
@@ -232,8 +281,16 @@ def reap_expired(session: Session, *, now: datetime | None = None) -> list[Job]:
 
 def request_cancel(session: Session, job: Job) -> Job:
     """Cancel: a queued (or retrying) job ends ``cancelled`` at once; an active one goes ``cancelling``
-    and its dispatcher stops the Ray work. Terminal jobs are left as they are."""
-    if job.state in TERMINAL:
+    and its dispatcher stops the Ray work. Terminal jobs are left as they are.
+
+    The decision uses the job's state read under its row lock, so a claim that raced the request is
+    seen (the job is then ``cancelling``, not ``cancelled`` behind its dispatcher's back)."""
+    if job not in session:  # loaded by another session: act on (and return) this session's copy
+        found = session.get(Job, job.id)
+        if found is None:
+            raise LookupError(f"job {job.id} does not exist")
+        job = found
+    if _lock_state(session, job) in TERMINAL:
         return job
     job.cancel_requested = True
     if job.state in (JobState.queued, JobState.retrying):

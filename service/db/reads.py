@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+from datetime import UTC, datetime
+
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from service.db.models import Checkpoint, Job, JobEvent, Metric, Token, Trial
+from service.db.states import JobState
 
 __all__ = [
     "Page",
@@ -29,7 +36,27 @@ class Page:
 
 def get_job(session: Session, job_id: str, tenant: str) -> Job | None:
     """The tenant's job, or None (another tenant's job is None too: the API answers 404)."""
-    raise NotImplementedError
+    return session.scalar(select(Job).where(Job.id == job_id, Job.tenant == tenant))
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at.astimezone(UTC).isoformat(), job.id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) a cursor holds. Raises ValueError for anything ``_encode_cursor`` did not make."""
+    try:
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        created_at, job_id = json.loads(raw)
+        if not isinstance(created_at, str) or not isinstance(job_id, str):
+            raise TypeError
+        stamp = datetime.fromisoformat(created_at)
+    except (ValueError, TypeError, binascii.Error):  # also UnicodeError and JSONDecodeError (ValueErrors)
+        raise ValueError(
+            f"cursor {cursor[:40]!r} is malformed: pass the next_cursor of a previous page unchanged"
+        ) from None
+    return (stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp), job_id
 
 
 def list_jobs(
@@ -42,37 +69,67 @@ def list_jobs(
     name: str | None = None,
 ) -> Page:
     """Newest first by (created_at, id); the cursor encodes the last item's (created_at, id), so pages
-    stay stable while new jobs are inserted. Raises ValueError for a malformed cursor."""
-    raise NotImplementedError
+    stay stable while new jobs are inserted. Raises ValueError for a malformed cursor.
+
+    ``states`` keeps jobs in any of those states (None or empty: all); ``name`` is an exact match.
+    Filters must stay the same from page to page.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    query = select(Job).where(Job.tenant == tenant)
+    if states:
+        query = query.where(Job.state.in_(states))
+    if name is not None:
+        query = query.where(Job.name == name)
+    if cursor is not None:
+        created_at, job_id = _decode_cursor(cursor)
+        # The row-value comparison (created_at, id) < (c, i), spelled out for the index's benefit.
+        query = query.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id)))
+    # One extra row tells whether another page follows.
+    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    items = rows[:limit]
+    return Page(items, _encode_cursor(items[-1]) if len(rows) > limit else None)
 
 
 def events_after(session: Session, job_id: str, after_id: int = 0, limit: int = 500) -> list[JobEvent]:
     """The job's events with ``id > after_id``, oldest first."""
-    raise NotImplementedError
+    query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id)
+    return list(session.scalars(query.order_by(JobEvent.id).limit(limit)))
 
 
 def list_metrics(session: Session, job_id: str, trial_key: str | None = None) -> list[Metric]:
     """Every reported epoch, ordered by trial, phase (pretrain first), epoch."""
-    raise NotImplementedError
+    query = select(Metric).where(Metric.job_id == job_id)
+    if trial_key is not None:
+        query = query.where(Metric.trial_key == trial_key)
+    pretrain_first = case((Metric.phase == "pretrain", 0), else_=1)
+    return list(session.scalars(query.order_by(Metric.trial_key, pretrain_first, Metric.phase, Metric.epoch)))
 
 
 def list_trials(session: Session, job_id: str) -> list[Trial]:
-    raise NotImplementedError
+    """The search's trials in the order they started."""
+    return list(session.scalars(select(Trial).where(Trial.job_id == job_id).order_by(Trial.id)))
 
 
 def list_checkpoints(session: Session, job_id: str) -> list[Checkpoint]:
-    raise NotImplementedError
+    """The job's checkpoints in the order they were written."""
+    return list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.id)))
 
 
 def get_checkpoint(session: Session, job_id: str, checkpoint_id: int) -> Checkpoint | None:
-    raise NotImplementedError
+    """One checkpoint of this job (None if the id belongs to another job)."""
+    return session.scalar(select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.job_id == job_id))
 
 
 def find_token(session: Session, token_hash: str) -> Token | None:
     """The token row for this hash (revoked and expired ones included; the caller decides)."""
-    raise NotImplementedError
+    return session.scalar(select(Token).where(Token.token_hash == token_hash))
 
 
 def jobs_by_state(session: Session) -> dict[str, int]:
-    """Job counts per state, all tenants (for Prometheus)."""
-    raise NotImplementedError
+    """Job counts per state, all tenants (for Prometheus). Every state is present, zero included, so a
+    gauge drops to 0 when its last job leaves."""
+    counts = dict.fromkeys((s.value for s in JobState), 0)
+    for state, count in session.execute(select(Job.state, func.count()).group_by(Job.state)):
+        counts[state] = count
+    return counts

@@ -13,11 +13,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fsg_core.spec import TrainSpec
+from service.schemas.base import ReadModel, UtcDatetime
 
 __all__ = [
     "Choice",
+    "DryRunRead",
+    "JobPage",
+    "JobRead",
     "JobSpec",
     "LogUniform",
+    "NAME_PATTERN",
     "RandInt",
     "ResourcesSpec",
     "SearchDimension",
@@ -125,10 +130,13 @@ def _probe_values(dim: Uniform | LogUniform | RandInt | Choice) -> list[Any]:
     return [dim.low, dim.high]
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\- ]*$"  # a job's name; also what GET /v1/jobs?name= accepts
+
+
 class JobSpec(TrainSpec):
     """A training run or a hyperparameter search, as submitted to ``POST /v1/jobs``."""
 
-    name: str = Field("job", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\- ]*$")
+    name: str = Field("job", min_length=1, max_length=128, pattern=NAME_PATTERN)
     kind: Literal["train", "search"] = "train"
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     search: SearchSpec | None = None
@@ -155,3 +163,40 @@ class JobSpec(TrainSpec):
     def train_spec(self) -> TrainSpec:
         """The fsg_core part of the spec."""
         return TrainSpec.model_validate(self.model_dump(include=set(TrainSpec.model_fields)))
+
+
+class JobRead(ReadModel):
+    """A job as the API shows it: state, attempts, timestamps, the resolved spec, summary and error."""
+
+    id: str
+    name: str
+    kind: str
+    state: str = Field(description="queued, dispatching, running, cancelling, retrying, succeeded, failed, cancelled")
+    priority: int
+    attempts: int = Field(description="attempts started so far (a retry resumes from the latest checkpoint)")
+    max_retries: int
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    spec: dict[str, Any] = Field(description="the resolved spec: every default filled in, paths resolved")
+    summary: dict[str, Any] | None = Field(description="best / last-10 metrics and sizes, once reported")
+    error: str | None = Field(description="the last attempt's error, if any")
+    cancel_requested: bool
+    ray_dashboard_url: str | None = Field(description="the Ray dashboard, where the job's Ray run is shown")
+
+
+class JobPage(BaseModel):
+    """One page of jobs, newest first."""
+
+    items: list[JobRead]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
+
+
+class DryRunRead(BaseModel):
+    """What ``POST /v1/jobs?dry_run=true`` answers: the spec as it would be queued; nothing is written."""
+
+    valid: bool = True
+    spec: dict[str, Any] = Field(description="the resolved spec (defaults filled in, paths resolved)")
+    cpus: float = Field(description="CPUs the job needs from Ray at once")
+    gpus: float = Field(description="GPUs the job needs from Ray at once")

@@ -1,0 +1,87 @@
+"""``/v1/jobs/{id}/checkpoints``: the job's checkpoints, and downloads of their files.
+
+``format=packed`` is the 1-bit deployment file, ``format=full`` the resumable training state. Files
+are served only from the artifact store (``Storage.servable``), whatever path a row holds.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
+
+from service.api.deps import JobDep, ReadSessionDep, StorageDep
+from service.api.errors import invalid
+from service.db import reads
+from service.db.models import Checkpoint, Job
+from service.schemas.checkpoints import CheckpointRead
+from service.schemas.errors import ErrorRead, ValidationErrorRead
+from service.storage import ArtifactNotFound
+
+router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"])
+
+Format = Literal["packed", "full"]
+
+
+def find_checkpoint(session: Session, job: Job, ckpt: str, format: Format) -> Checkpoint:
+    """Checkpoint ``ckpt`` of ``job`` (an id, or ``latest``: the newest one that has a ``format`` file).
+
+    Raises:
+        RequestValidationError: ``ckpt`` is neither an id nor ``latest``.
+        ArtifactNotFound: no such checkpoint.
+    """
+    if ckpt == "latest":
+        rows = [c for c in reads.list_checkpoints(session, job.id) if _path(c, format)]
+        if not rows:
+            raise ArtifactNotFound(f"job {job.id} has no {format} checkpoint yet")
+        return max(rows, key=lambda c: (c.created_at, c.id))
+    if not ckpt.isdigit() or len(ckpt) > 18:
+        raise invalid(("path", "ckpt"), "must be a checkpoint id (an integer) or 'latest'")
+    row = reads.get_checkpoint(session, job.id, int(ckpt))
+    if row is None:
+        raise ArtifactNotFound(f"checkpoint {ckpt} of job {job.id} not found")
+    return row
+
+
+def _path(row: Checkpoint, format: Format) -> str | None:
+    return row.packed_path if format == "packed" else row.full_path
+
+
+def download_name(job: Job, row: Checkpoint, format: Format, path: Path) -> str:
+    """``<job name>-<job id 8>[-<trial>]-<phase>-e<epoch>.<format><ext>``, safe characters only."""
+    safe = re.compile(r"[^A-Za-z0-9_.-]+")
+    trial = f"-{safe.sub('_', row.trial_key)}" if row.trial_key else ""
+    ext = ".safetensors" if format == "packed" else (path.suffix or ".bin")
+    return f"{safe.sub('_', job.name)}-{job.id[:8]}{trial}-{row.phase}-e{row.epoch}.{format}{ext}"
+
+
+@router.get("", responses={404: {"model": ErrorRead}})
+def list_checkpoints(job: JobDep, session: ReadSessionDep) -> list[CheckpointRead]:
+    """Every checkpoint with its epoch, metrics, sizes and download links."""
+    return [CheckpointRead.from_row(c, job.id) for c in reads.list_checkpoints(session, job.id)]
+
+
+@router.get(
+    "/{ckpt}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "the file"},
+        404: {"model": ErrorRead, "description": "no such checkpoint, or its file is gone"},
+        422: {"model": ValidationErrorRead},
+    },
+)
+def download_checkpoint(
+    job: JobDep,
+    session: ReadSessionDep,
+    storage: StorageDep,
+    ckpt: str,
+    format: Annotated[Format, Query(description="packed: the 1-bit model; full: the training state")] = "packed",
+) -> FileResponse:
+    """Stream checkpoint ``ckpt`` (an id or ``latest``) as ``format``."""
+    row = find_checkpoint(session, job, ckpt, format)
+    path = storage.servable(_path(row, format), f"{format} file of checkpoint {row.id}")
+    return FileResponse(path, media_type="application/octet-stream", filename=download_name(job, row, format, path))

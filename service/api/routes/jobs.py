@@ -1,0 +1,190 @@
+"""``/v1/jobs``: submit (with dry run and idempotency), list, show, cancel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response, status
+from sqlalchemy.orm import Session
+
+from service.api.deps import (
+    JobDep,
+    JobForUpdateDep,
+    LimitDep,
+    ReadSessionDep,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    TenantDep,
+)
+from service.api.errors import AlreadyFinished, InvalidParameter, invalid
+from service.db import queue, reads
+from service.db.models import Job
+from service.db.states import JobState
+from service.schemas.errors import ErrorRead, ValidationErrorRead
+from service.schemas.jobs import NAME_PATTERN, DryRunRead, JobPage, JobRead, JobSpec, set_path
+from service.settings import Settings
+from service.storage import Storage, confine
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorRead, "description": "missing, invalid or expired token"},
+    422: {"model": ValidationErrorRead, "description": "invalid input; `loc` names the field"},
+}
+_JOB_ERRORS: dict[int | str, dict[str, Any]] = {**_ERRORS, 404: {"model": ErrorRead, "description": "no such job"}}
+
+
+def job_read(job: Job, dashboard_url: str) -> JobRead:
+    """The response for ``job``; the Ray dashboard link appears once the job has reached Ray."""
+    fields = {field: getattr(job, field) for field in JobRead.model_fields if field != "ray_dashboard_url"}
+    return JobRead.model_validate({**fields, "ray_dashboard_url": f"{dashboard_url}/#/train" if job.attempts else None})
+
+
+def _dashboard(settings: Settings, storage: Storage) -> str:
+    return storage.dashboard_url(settings.ray_dashboard_url, settings.ray_dashboard_port)
+
+
+def _confined_checkpoint(path: str, session: Session, tenant: str, settings: Settings, storage: Storage) -> Path:
+    """``init.checkpoint`` may come from a data root or from one of the tenant's own jobs' artifacts."""
+    try:
+        return confine(path, settings.resolved_data_roots)
+    except ValueError as outside_data:
+        owner = storage.owner_job_id(path)
+        if owner is not None and reads.get_job(session, owner, tenant) is not None:
+            return confine(path, storage.roots)
+        raise ValueError(f"{outside_data}; a checkpoint of one of your own jobs is accepted too") from None
+
+
+def resolve_paths(spec: JobSpec, session: Session, tenant: str, settings: Settings, storage: Storage) -> JobSpec:
+    """The spec with its file paths confined and resolved (symlinks followed, relative to the first data root).
+
+    Paths sampled by a search (``search.space`` choices that set ``data.root`` or ``init.checkpoint``)
+    are checked the same way.
+
+    Raises:
+        RequestValidationError: a path lies outside the allowed directories (422 naming the field).
+    """
+    roots = settings.resolved_data_roots
+    path_fields = {"data.root": False, "init.checkpoint": True}  # dotted path -> is a checkpoint
+
+    def check(loc: tuple[str | int, ...], value: Any, is_checkpoint: bool) -> str | None:
+        if value is None:
+            return None
+        try:
+            if is_checkpoint:
+                return str(_confined_checkpoint(str(value), session, tenant, settings, storage))
+            return str(confine(str(value), roots))
+        except ValueError as exc:
+            raise invalid(("body", *loc), str(exc)) from None
+
+    data_root = check(("data", "root"), spec.data.root, False)
+    checkpoint = check(("init", "checkpoint"), spec.init.checkpoint, True)
+    search = spec.search
+    if search is not None:
+        base = spec.train_spec().model_dump(mode="json")
+        space = dict(search.space)
+        for path, dim in search.space.items():
+            values = getattr(dim, "values", None)
+            if values is None:
+                continue
+            resolved_values = []
+            for i, value in enumerate(values):
+                loc = ("search", "space", path, "values", i)
+                candidate = set_path(base, path, value)
+                check(loc, (candidate.get("data") or {}).get("root"), False)
+                check(loc, (candidate.get("init") or {}).get("checkpoint"), True)
+                resolved_values.append(check(loc, value, path_fields[path]) if path in path_fields else value)
+            space[path] = dim.model_copy(update={"values": resolved_values})
+        search = search.model_copy(update={"space": space})
+    return spec.model_copy(
+        update={
+            "data": spec.data.model_copy(update={"root": data_root}),
+            "init": spec.init.model_copy(update={"checkpoint": checkpoint}),
+            "search": search,
+        }
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": DryRunRead, "description": "dry run, or an idempotent replay (header Idempotent-Replayed)"},
+        409: {"model": ErrorRead, "description": "Idempotency-Key reused with a different body"},
+        **_ERRORS,
+    },
+)
+def submit_job(
+    spec: JobSpec,
+    response: Response,
+    session: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    dry_run: Annotated[bool, Query(description="validate and resolve only; nothing is queued")] = False,
+    idempotency_key: Annotated[
+        str | None,
+        Header(min_length=1, max_length=256, description="a replay with the same key returns the first job"),
+    ] = None,
+) -> JobRead | DryRunRead:
+    """Validate a spec and queue it (201), or only validate it with ``?dry_run=true`` (200)."""
+    spec = resolve_paths(spec, session, tenant, settings, storage)
+    if dry_run:
+        response.status_code = status.HTTP_200_OK
+        return DryRunRead(spec=spec.model_dump(mode="json"), cpus=spec.resources.cpus, gpus=spec.resources.gpus)
+    job, created = queue.enqueue(session, tenant=tenant, spec=spec, idempotency_key=idempotency_key)
+    session.flush()
+    if created:
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+    else:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
+    return job_read(job, _dashboard(settings, storage))
+
+
+@router.get("", responses=_ERRORS)
+def list_jobs(
+    session: ReadSessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    limit: LimitDep,
+    cursor: Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page")] = None,
+    state: Annotated[
+        list[JobState] | None, Query(alias="status", description="only jobs in these states (repeatable)")
+    ] = None,
+    name: Annotated[
+        str | None, Query(max_length=128, pattern=NAME_PATTERN, description="only jobs with this name")
+    ] = None,
+) -> JobPage:
+    """The tenant's jobs, newest first; pages stay stable while new jobs arrive."""
+    try:
+        page = reads.list_jobs(
+            session, tenant, limit=limit, cursor=cursor, states=[s.value for s in state] if state else None, name=name
+        )
+    except ValueError as exc:
+        raise InvalidParameter("cursor", str(exc) or "malformed") from None
+    dashboard = _dashboard(settings, storage)
+    return JobPage(items=[job_read(job, dashboard) for job in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/{job_id}", responses=_JOB_ERRORS)
+def show_job(job: JobDep, settings: SettingsDep, storage: StorageDep) -> JobRead:
+    """One job: state, attempts, timestamps, resolved spec, summary, error and Ray dashboard link."""
+    return job_read(job, _dashboard(settings, storage))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    responses={**_JOB_ERRORS, 409: {"model": ErrorRead, "description": "the job already succeeded or failed"}},
+)
+def cancel_job(job: JobForUpdateDep, session: SessionDep, settings: SettingsDep, storage: StorageDep) -> JobRead:
+    """Queued: ``cancelled`` at once. Running: ``cancelling`` until Ray has stopped, then ``cancelled``.
+    Already cancelled or cancelling: unchanged (200). Succeeded or failed: 409."""
+    if job.state in (JobState.succeeded, JobState.failed):
+        raise AlreadyFinished(job.id, job.state)
+    job = queue.request_cancel(session, job)
+    session.flush()
+    return job_read(job, _dashboard(settings, storage))
