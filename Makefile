@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-quick clean
+.PHONY: demo demo-core test lint bench bench-quick bench-service clean
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/python examples/service_demo.py
+
+demo-core: $(STAMP)
 	$(BIN)/fsg train examples/digits_fsg.json --out runs/digits_fsg
 	$(BIN)/fsg summary runs/digits_fsg/model.packed.safetensors
 
@@ -33,6 +36,9 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.estimators --quick
+
+bench-service: $(STAMP)
+	$(BIN)/python -m bench.service --json bench/results/service.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
+import anyio
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
@@ -64,6 +65,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.token_cache = {}
+    # Database work of the hot paths runs on a few threads of its own (see routes/jobs.py).
+    app.state.db_limiter = anyio.CapacityLimiter(4)
     app.state.storage = storage
     app.state.telemetry = telemetry
     app.state.db = db

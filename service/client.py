@@ -48,7 +48,11 @@ def format_detail(detail: Any) -> str:
 
 @dataclass(frozen=True)
 class Event:
-    """One server-sent event of a job: a state change or an epoch's metrics."""
+    """One server-sent event of a job: a state change, an epoch's metrics, a checkpoint or a trial.
+
+    ``data`` is the event as the API serves it (``id, kind, from_state, to_state, message, data``);
+    ``data["data"]`` holds the kind's payload, e.g. ``{"phase", "epoch", "attempt", "values"}``.
+    """
 
     id: int
     kind: str

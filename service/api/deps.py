@@ -4,18 +4,20 @@ tenant's job by path id (404 for a missing job and for another tenant's job alik
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from service.api.errors import JobNotFound, invalid
 from service.db import reads
 from service.db.engine import Database
 from service.db.models import Job
-from service.security import verify_token
+from service.security import hash_token, verify_token
 from service.settings import Settings
 from service.storage import Storage
 
@@ -37,15 +39,16 @@ DEFAULT_PAGE_SIZE = 50
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-def get_database(request: Request) -> Database:
+# The getters are async: a sync dependency costs a thread-pool hop per request.
+async def get_database(request: Request) -> Database:
     return request.app.state.db
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_storage(request: Request) -> Storage:
+async def get_storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
@@ -55,7 +58,8 @@ StorageDep = Annotated[Storage, Depends(get_storage)]
 
 
 def _write_session(db: DatabaseDep) -> Iterator[Session]:
-    with db.write() as session:
+    # FastAPI enters and leaves this generator on different pool threads: no in-process write lock.
+    with db.write(serialize=False) as session:
         yield session
 
 
@@ -76,16 +80,37 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def get_tenant(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)], db: DatabaseDep) -> str:
+# Verified tokens are remembered for a few seconds: authentication then costs no database read per
+# request. A revoked token keeps working for at most this long in each API process.
+TOKEN_CACHE_S = 10.0
+
+
+def _lookup_tenant(db: Database, secret: str) -> str | None:
+    # A short read of its own, so authentication never holds the handler's (possibly write) session.
+    with db.read() as session:
+        token = verify_token(session, secret)
+        return token.tenant if token is not None else None
+
+
+async def get_tenant(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)], db: DatabaseDep
+) -> str:
     """The tenant of the request's bearer token; 401 when it is missing, unknown, expired or revoked."""
     if credentials is None:
         raise _unauthorized("missing bearer token: send 'Authorization: Bearer fsg_...'")
-    # A short read of its own, so authentication never holds the handler's (possibly write) session.
-    with db.read() as session:
-        token = verify_token(session, credentials.credentials)
-        tenant = token.tenant if token is not None else None
+    cache: dict[str, tuple[str, float]] = request.app.state.token_cache
+    key = hash_token(credentials.credentials)
+    now = time.monotonic()
+    hit = cache.get(key)
+    if hit is not None and hit[1] > now:
+        return hit[0]
+    tenant = await run_in_threadpool(_lookup_tenant, db, credentials.credentials)
     if tenant is None:
+        cache.pop(key, None)
         raise _unauthorized("invalid, expired or revoked token")
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[key] = (tenant, now + TOKEN_CACHE_S)
     return tenant
 
 

@@ -57,10 +57,10 @@ def follow_many(client: Any, jobs: list[dict[str, Any]], *, quiet: bool = False)
             task = progress.add_task(f"{job['name']} ({job['id'][:8]})", total=_epochs(job), status=job["state"])
             seen: set[tuple[str, str, int]] = set()
             for event in client.events(job["id"]):
-                data = event.data
                 if event.kind == "state":
-                    progress.update(task, status=str(data.get("to_state", "")))
+                    progress.update(task, status=str(event.data.get("to_state", "")))
                 elif event.kind == "metric":
+                    data = event.data.get("data") or {}  # {"trial_key", "phase", "epoch", "attempt", "values"}
                     key = (str(data.get("trial_key", "")), str(data.get("phase")), int(data.get("epoch", 0)))
                     if key not in seen:
                         seen.add(key)

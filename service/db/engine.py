@@ -10,6 +10,7 @@ PostgreSQL gets a pooled engine with pre-ping.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,6 +75,10 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.sqlite = is_sqlite(engine)
+        # SQLite has one writer at a time. Queueing this process's writers on a lock, instead of in
+        # SQLite's busy handler, keeps a burst of requests from holding every pooled connection while
+        # they wait (and exhausting the pool); other processes still meet the busy timeout.
+        self._write_lock = threading.Lock() if self.sqlite else None
         reader_bind = engine.execution_options(sqlite_begin="DEFERRED") if self.sqlite else engine
         self._writer = sessionmaker(engine, expire_on_commit=False)
         self._reader = sessionmaker(reader_bind, expire_on_commit=False)
@@ -83,8 +88,15 @@ class Database:
         return cls(build_engine(url, **kwargs))
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
-        with self._writer() as session, session.begin():
+    def write(self, *, serialize: bool = True) -> Iterator[Session]:
+        """A write transaction. On SQLite, ``serialize`` queues this process's writers on a lock; pass
+        False where the transaction is opened and closed on different threads (a request-scoped
+        dependency), because a thread waiting for the lock could then starve the holder."""
+        if self._write_lock is None or not serialize:
+            with self._writer() as session, session.begin():
+                yield session
+            return
+        with self._write_lock, self._writer() as session, session.begin():
             yield session
 
     @contextmanager

@@ -449,4 +449,7 @@ def test_concurrent_dispatchers_claim_each_job_once(db_url: str, db: Database) -
     owner_of = {job_id: owner for owner, ids in claimed.items() for job_id in ids}
     assert {job_id: owner for job_id, _, owner, _ in rows} == owner_of
     assert set(claim_events.values()) == {1} and len(claim_events) == n_jobs
-    assert sum(1 for ids in claimed.values() if ids) >= 2, f"no concurrency happened: {Counter(owner_of.values())}"
+    if not db.sqlite:
+        # SQLite hands its one write lock out unfairly: one thread may drain the queue alone, which
+        # proves nothing about SKIP LOCKED but is still correct, so only PostgreSQL must show sharing.
+        assert sum(1 for ids in claimed.values() if ids) >= 2, f"no concurrency happened: {Counter(owner_of.values())}"
