@@ -53,7 +53,8 @@ OVERHEAD_JOB: dict[str, Any] = {
     "epochs": 8,
     "batch_size": 64,
     "init": {"pretrain_epochs": 4},
-    "resources": {"num_workers": 1},
+    # `fsg train` uses every core; so does the service's one worker.
+    "resources": {"num_workers": 1, "cpus_per_worker": os.cpu_count() or 1},
 }
 
 

@@ -50,7 +50,11 @@ def build_trainer(
     )
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": train_spec, "resume_path": None if trial_key else ctx.resume_path},
+        train_loop_config={
+            "spec": train_spec,
+            "resume_path": None if trial_key else ctx.resume_path,
+            "cpus_per_worker": spec.resources.cpus_per_worker,
+        },
         scaling_config=scaling_config(spec.resources),
         run_config=RunConfig(
             name=run_name,

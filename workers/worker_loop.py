@@ -16,6 +16,7 @@ from typing import Any
 
 import ray.train
 import ray.train.torch
+import torch
 
 from fsg_core.checkpoint import load_checkpoint, save_checkpoint
 from fsg_core.reporting import Reporter
@@ -73,5 +74,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's per-worker function: ``config`` holds ``spec`` (a TrainSpec as JSON data) and
     optionally ``resume_path`` (a checkpoint directory of an earlier attempt)."""
     spec = TrainSpec.model_validate(config["spec"])
+    # Intra-op threads follow the CPUs Ray reserved for this worker: more would fight the other
+    # workers on the node, fewer would leave the reservation idle.
+    torch.set_num_threads(max(1, int(config.get("cpus_per_worker", 1))))
     device = ray.train.torch.get_device()
     fit(spec, RayReporter(), resume=_resume_state(config), device=device)
