@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-core test lint bench bench-quick bench-service clean
+.PHONY: demo demo-core test lint browser bench bench-quick bench-service bench-gpu bench-dispatchers clean
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -28,7 +28,15 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-test: $(STAMP) lint
+# The dashboard's browser tests (tests/service/web) drive Debian's chromium through Playwright; nothing is
+# downloaded at test time. CI runs this as root on a fresh machine; elsewhere the tests skip with the reason.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q --no-install-recommends chromium; \
+	else echo "note: $(CHROMIUM) is missing (apt-get install chromium); the browser tests will be skipped"; fi
+
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
@@ -39,6 +47,12 @@ bench-quick: $(STAMP)
 
 bench-service: $(STAMP)
 	$(BIN)/python -m bench.service --json bench/results/service.json
+
+bench-gpu: $(STAMP)
+	$(BIN)/python -m bench.gpu --json bench/results/gpu.json
+
+bench-dispatchers: $(STAMP)
+	$(BIN)/python -m bench.dispatchers --json bench/results/dispatchers.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache

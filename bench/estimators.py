@@ -12,10 +12,12 @@ batch 128), where the base network costs what it costs on CIFAR (FSG_SPEC §7: o
 base step is ~16x cheaper and every hypernetwork looks expensive).
 
 Every run is its own process, so peak memory and torch.compile caches don't leak between runs.
-Step times are medians over the measured steps of normal runs. Memory comes from separate short runs
+Step times are medians over the measured steps of normal runs (on CUDA, from events recorded after
+the loop's per-step synchronize). Memory comes from separate short runs
 with glibc's mmap threshold lowered so that the resident set follows live memory: the peak resident
 set growth during the measured epoch (``VmHWM`` after a reset through ``/proc/self/clear_refs``,
-minus the resident set before it), or the CUDA allocator's peak on a GPU.
+minus the resident set before it), or on a GPU the CUDA allocator's peak during the measured epoch
+(``max_memory_allocated`` after ``reset_peak_memory_stats``: weights, optimizer and estimator state included).
 Prints tables; asserts nothing.
 """
 
@@ -79,7 +81,10 @@ def _reset_hwm() -> bool:
         return False
 
 
-def _child(spec_json: str, measure_from_epoch: int) -> dict[str, Any]:
+def measure_run(spec_json: str, measure_from_epoch: int) -> dict[str, Any]:
+    """Train ``spec_json`` in this process; step times and peak memory of the binarized epochs from
+    ``measure_from_epoch`` on (earlier epochs warm up; the first step of each epoch, which follows an
+    evaluation, is left out)."""
     import torch
 
     from fsg_core.reporting import Reporter
@@ -94,14 +99,15 @@ def _child(spec_json: str, measure_from_epoch: int) -> dict[str, Any]:
             self.base = 0
             self.epoch = 0
             self.peaks: list[int] = []
-            self.step_times: list[float] = []
-            self.t = 0.0
+            # (start, end) stamps of measured steps: perf_counter seconds, or CUDA events read at the end
+            self.intervals: list[tuple[Any, Any]] = []
+            self.t: Any = None
 
         def _start(self) -> None:
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-                self.base = torch.cuda.memory_allocated()
+                self.base = 0  # every allocated byte is this run's tensors: the whole peak counts
             else:
                 self.base = _rss_bytes()
                 _reset_hwm()
@@ -111,10 +117,20 @@ def _child(spec_json: str, measure_from_epoch: int) -> dict[str, Any]:
                 self._start()
 
         def on_step(self, phase: str, epoch: int, step: int, loss: float) -> None:
-            now = time.perf_counter()
+            if cuda:
+                now: Any = torch.cuda.Event(enable_timing=True)
+                now.record()
+            else:
+                now = time.perf_counter()
             if phase == "binary" and epoch >= measure_from_epoch and step > 0:
-                self.step_times.append(now - self.t)
+                self.intervals.append((self.t, now))
             self.t = now
+
+        def step_times(self) -> list[float]:
+            if cuda:
+                torch.cuda.synchronize()
+                return [start.elapsed_time(end) / 1000 for start, end in self.intervals]
+            return [end - start for start, end in self.intervals]
 
         def report(self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
             if metrics["phase"] != "binary":
@@ -127,15 +143,16 @@ def _child(spec_json: str, measure_from_epoch: int) -> dict[str, Any]:
 
     meter = Meter()
     result = fit(spec, meter)
+    step_times = meter.step_times()
     return {
         "summary": result.summary,
         "history": result.history,
-        "step_time_s": statistics.median(meter.step_times) if meter.step_times else None,
+        "step_time_s": statistics.median(step_times) if step_times else None,
         "peak_mem_bytes": max(meter.peaks) if meter.peaks else None,
     }
 
 
-def _run_child(spec: dict[str, Any], measure_from_epoch: int, threads: int, *, memory: bool = False) -> dict[str, Any]:
+def run_child(spec: dict[str, Any], measure_from_epoch: int, threads: int, *, memory: bool = False) -> dict[str, Any]:
     """Run one spec in a fresh process. ``memory=True`` makes the resident set follow live memory
     (large tensors go straight to mmap and back to the OS when freed, instead of staying in glibc's
     caches); that slows every allocation, so timings come from runs without it."""
@@ -158,6 +175,56 @@ def _run_child(spec: dict[str, Any], measure_from_epoch: int, threads: int, *, m
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_cost(
+    spec: dict[str, Any], threads: int, measure_from_epoch: int = 2, *, memory_run: bool = True
+) -> dict[str, Any]:
+    """Step time (a normal run) and peak memory (a run with memory tracking) of a short spec.
+
+    The default three epochs: the first two warm up (FSG's history fills after 5 steps, then
+    torch.compile runs once) and the third is measured. ``memory_run=False`` takes the memory from
+    the timed run too: exact for the CUDA allocator's peak, glibc's caches included on a CPU.
+    """
+    timed = run_child(spec, measure_from_epoch, threads)
+    sized = run_child(spec, measure_from_epoch, threads, memory=True) if memory_run else timed
+    return {
+        "step_time_s": timed.get("step_time_s"),
+        "peak_mem_bytes": sized.get("peak_mem_bytes"),
+        **({"error": timed["error"]} if "error" in timed else {}),
+    }
+
+
+def cifar_cost_spec(
+    estimator: dict[str, Any],
+    steps: int,
+    *,
+    arch: str = "resnet20",
+    epochs: int = 3,
+    batch_size: int = 128,
+    image_size: int = 32,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """A W1A32 run on CIFAR-shaped synthetic data whose epochs are ``steps`` steps (cost, not accuracy)."""
+    return {
+        "model": {"arch": arch},
+        "data": {
+            "dataset": "synthetic",
+            "synthetic_shape": [3, image_size, image_size],
+            "synthetic_samples": batch_size * steps * 2,
+            # accuracy is not the point: no validation split and a small test split keep evaluation short
+            "val_fraction": 0.0,
+            "test_fraction": 0.05,
+        },
+        "estimator": estimator,
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        "schedule": {"kind": "constant", "milestones": []},
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "max_steps_per_epoch": steps,
+        "seed": 0,
+        **overrides,
+    }
 
 
 # -------------------------------------------------------------------------------------------- parent
@@ -214,21 +281,6 @@ def _std(xs: list[float | None]) -> float | None:
     return statistics.stdev(vals) if len(vals) > 1 else None
 
 
-def _measure(spec: dict[str, Any], threads: int) -> dict[str, Any]:
-    """Step time (a normal run) and peak memory (a run with memory tracking) of a short spec.
-
-    Three epochs: the first two warm up (FSG's history fills after 5 steps, then torch.compile
-    runs once) and the third is measured.
-    """
-    timed = _run_child(spec, 2, threads)
-    sized = _run_child(spec, 2, threads, memory=True)
-    return {
-        "step_time_s": timed.get("step_time_s"),
-        "peak_mem_bytes": sized.get("peak_mem_bytes"),
-        **({"error": timed["error"]} if "error" in timed else {}),
-    }
-
-
 def accuracy_table(
     names: list[str], seeds: int, epochs: int, pretrain_epochs: int, threads: int, log: Any
 ) -> dict[str, Any]:
@@ -244,14 +296,14 @@ def accuracy_table(
                 runs = []
                 for seed in range(seeds):
                     t0 = time.time()
-                    res = _run_child(_digits_spec(ESTIMATORS[name], opt, seed, epochs, str(init)), 1, threads)
+                    res = run_child(_digits_spec(ESTIMATORS[name], opt, seed, epochs, str(init)), 1, threads)
                     runs.append(res)
                     acc = res.get("summary", {}).get("best_val_acc")
                     log(f"  {opt_name:4s} {name:18s} seed {seed}: best_val {_fmt(acc)} ({time.time() - t0:.0f}s)")
                 results[f"{opt_name}/{name}"] = runs
         for name in names:
             short = _digits_spec(ESTIMATORS[name], OPTIMIZERS["adam"], 0, 3, str(init)) | {"max_steps_per_epoch": 8}
-            memory[name] = _measure(short, threads).get("peak_mem_bytes")
+            memory[name] = measure_cost(short, threads).get("peak_mem_bytes")
             log(f"  memory {name:18s} {_fmt(memory[name], ',')} bytes")
     return {"fp_pretrain": fp, "runs": results, "peak_mem_bytes": memory}
 
@@ -259,23 +311,43 @@ def accuracy_table(
 def cost_table(names: list[str], steps: int, threads: int, log: Any) -> dict[str, Any]:
     results = {}
     for name in names:
-        est = {**ESTIMATORS, **COST_EXTRA}[name]
-        spec = {
-            "model": {"arch": "resnet20"},
-            "data": {"dataset": "synthetic", "synthetic_shape": [3, 32, 32], "synthetic_samples": 128 * steps * 2},
-            "estimator": est,
-            "optimizer": {"name": "adam", "lr": 1e-3},
-            "schedule": {"kind": "constant", "milestones": []},
-            "epochs": 3,
-            "batch_size": 128,
-            "max_steps_per_epoch": steps,
-            "seed": 0,
-        }
         t0 = time.time()
-        res = _measure(spec, threads)
+        res = measure_cost(cifar_cost_spec({**ESTIMATORS, **COST_EXTRA}[name], steps), threads)
         results[name] = res
         log(f"  cost {name:18s} step {_fmt(res.get('step_time_s'))} s ({time.time() - t0:.0f}s)")
     return results
+
+
+def with_ratios(cost: dict[str, dict[str, Any]], base: str = "ste") -> dict[str, dict[str, Any]]:
+    """Each row of ``cost`` plus ``step_time_vs_ste`` and ``peak_mem_vs_ste`` (None where a figure is missing)."""
+
+    def ratio(row: dict[str, Any], key: str) -> float | None:
+        value, reference = row.get(key), cost.get(base, {}).get(key)
+        return value / reference if value and reference else None
+
+    return {
+        name: {**row, "step_time_vs_ste": ratio(row, "step_time_s"), "peak_mem_vs_ste": ratio(row, "peak_mem_bytes")}
+        for name, row in cost.items()
+    }
+
+
+def cost_table_view(cost: dict[str, dict[str, Any]], title: str, table_class: Any) -> Any:
+    """A table of step time and peak memory per estimator, with ratios to STE (``with_ratios``)."""
+    table = table_class(title=title)
+    for col in ("estimator", "step time", "vs STE", "peak memory", "vs STE"):
+        table.add_column(col, justify="right" if col != "estimator" else "left")
+    for name, res in with_ratios(cost).items():
+        t, mem, t_ratio, mem_ratio = (
+            res.get(k) for k in ("step_time_s", "peak_mem_bytes", "step_time_vs_ste", "peak_mem_vs_ste")
+        )
+        table.add_row(
+            name,
+            f"{t * 1000:.0f} ms" if t else res.get("error", "-"),
+            f"{t_ratio:.2f}x" if t_ratio else "-",
+            f"{mem / 2**20:.0f} MiB" if mem else "-",
+            f"{mem_ratio:.2f}x" if mem_ratio else "-",
+        )
+    return table
 
 
 class _MarkdownTable:
@@ -343,21 +415,8 @@ def print_report(
                 )
             console.print(table)
     if cost:
-        base = cost.get("ste", {})
-        table = Table(title="Cost on CIFAR-shaped input (synthetic 3x32x32, batch 128, ResNet-20 W1A32)")
-        for col in ("estimator", "step time", "vs STE", "peak memory", "vs STE"):
-            table.add_column(col, justify="right" if col != "estimator" else "left")
-        for name, res in cost.items():
-            t, mem = res.get("step_time_s"), res.get("peak_mem_bytes")
-            bt, bm = base.get("step_time_s"), base.get("peak_mem_bytes")
-            table.add_row(
-                name,
-                f"{t * 1000:.0f} ms" if t else res.get("error", "-"),
-                f"{t / bt:.2f}x" if t and bt else "-",
-                f"{mem / 2**20:.0f} MiB" if mem else "-",
-                f"{mem / bm:.2f}x" if mem and bm else "-",
-            )
-        console.print(table)
+        title = "Cost on CIFAR-shaped input (synthetic 3x32x32, batch 128, ResNet-20 W1A32)"
+        console.print(cost_table_view(cost, title, Table))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -384,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.child:
         job = json.loads(Path(args.child).read_text())
-        print(json.dumps(_child(json.dumps(job["spec"]), job["measure_from_epoch"])))
+        print(json.dumps(measure_run(json.dumps(job["spec"]), job["measure_from_epoch"])))
         return
 
     seeds = args.seeds or (1 if args.quick else 3)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from fsg_core import distributed as dist_utils
 from fsg_core.binary import Binarizer, binary_layers, set_binary
 from fsg_core.checkpoint import CheckpointError, load_checkpoint, load_weights
-from fsg_core.data import Splits, TensorSplit, build_splits, iterate_batches
+from fsg_core.data import Splits, TensorSplit, build_splits, iterate_batches, should_pin_memory
 from fsg_core.estimators import Estimator, LearnedEstimator, build_estimator, get
 from fsg_core.models import LayerFactory, build_model
 from fsg_core.reporting import Reporter
@@ -175,6 +175,10 @@ def _steps_per_epoch(spec: TrainSpec, n: int) -> int:
 
 
 def _autocast(spec: TrainSpec, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The forward's mixed precision. Only the model's forward and loss run under it: the weights,
+    optimizer states, learned estimators' hypernetworks and the gradients they read stay float32
+    (autocast's casts hand float32 gradients back to float32 leaves), and evaluation runs in float32
+    like the packed inference model."""
     if spec.precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if spec.precision == "bf16" else torch.float16
@@ -191,10 +195,13 @@ def evaluate(
     model.eval()
     rank, world = dist_utils.rank(), dist_utils.world_size(group)
     index = torch.arange(len(split))[rank::world]
+    pin = should_pin_memory(split.images.device, device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     for part in index.split(batch_size):
-        x = split.images[part].to(device, non_blocking=True)
-        y = split.labels[part].to(device, non_blocking=True)
+        x, y = split.images[part], split.labels[part]
+        if pin:
+            x, y = x.pin_memory(), y.pin_memory()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x).float()
         sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
         sums[1] += (logits.argmax(1) == y).sum()
@@ -240,6 +247,7 @@ class _Trainer:
 
     def state(self, next_epoch: int) -> dict[str, Any]:
         est = self.c.estimator
+        cuda = self.c.device.type == "cuda"
         return {
             "phase": self.phase,
             "epoch": next_epoch,
@@ -249,6 +257,10 @@ class _Trainer:
             "history": list(self.history),
             "spec": self.c.spec.model_dump_json(),
             "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.c.device) if cuda else None,
+            # fp16's loss scale and growth tracker ({} when the scaler is off): a resumed run scales
+            # its losses exactly as the uninterrupted one would.
+            "scaler": self.scaler.state_dict(),
         }
 
     def load(self, state: dict[str, Any]) -> None:
@@ -256,7 +268,11 @@ class _Trainer:
         if self.learned and state.get("estimator") is not None:
             assert isinstance(self.estimator, LearnedEstimator)
             self.estimator.load_state_dict(state["estimator"])
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
+        if self.c.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.c.device)
 
     def _set_lr(self, epoch_float: float) -> float:
         lr = _lr(self.optim_spec, self.sched_spec, epoch_float, self.epochs)
@@ -283,6 +299,7 @@ class _Trainer:
             world_size=world,
             drop_last=len(c.splits.train) >= spec.batch_size,
             max_batches=self.steps,
+            pin_memory=should_pin_memory(c.splits.train.images.device, c.device),
         )
         lr = 0.0
         for step, (x, y) in enumerate(batches):
@@ -302,10 +319,14 @@ class _Trainer:
             dist_utils.all_reduce_mean([p.grad for p in self.params], self.group)
             stepped = self.estimator.after_backward(self.group) if self.learned else True  # type: ignore[union-attr]
             if stepped:
+                # fp16: true gradients from here on (a no-op otherwise). After the all-reduce, so every
+                # rank sees the same inf/nan and skips the same steps.
+                self.scaler.unscale_(self.optimizer)
                 if self.binary_params:
                     grads = [p.grad for p in self.params if id(p) in self.binary_params and p.grad is not None]
                     if grads:
-                        grad_norm += float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+                        norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+                        grad_norm += norm if math.isfinite(norm) else 0.0  # a step the scaler skips adds nothing
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             if c.device.type == "cuda":
@@ -334,6 +355,8 @@ class _Trainer:
             out["flip_rate"] = flips / n_steps
             out["grad_norm"] = grad_norm / n_steps
             out.update(self.estimator.statistics())
+        if self.scaler.is_enabled():
+            out["loss_scale"] = self.scaler.get_scale()
         return out
 
     def run(self, start_epoch: int) -> None:

@@ -138,6 +138,12 @@ class Client:
     def summary(self, job_id: str) -> Any:
         return self._json("GET", f"/v1/jobs/{job_id}/summary")
 
+    def compare(self, job_ids: list[str]) -> dict[str, Any]:
+        """``GET /v1/compare``: ``{"jobs": [...]}`` in the order of ``job_ids`` (1 to 12 of them), each with
+        its best / last-10 figures and per-epoch ``curves``."""
+        result: dict[str, Any] = self._json("GET", "/v1/compare", params={"job": list(job_ids)})
+        return result
+
     def health(self) -> Any:
         return self._json("GET", "/healthz")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,27 @@ class Settings(BaseSettings):
     api_url: str | None = Field(None, description="where clients reach the API; default http://host:port")
     lease_s: float = Field(30.0, gt=1, le=3600, description="a claimed job's lease; renewed while it runs")
     poll_interval_s: float = Field(1.0, gt=0, le=60, description="dispatcher loop period")
+    db_outage_s: float = Field(
+        120.0,
+        ge=0,
+        le=3600,
+        description="how long a run's metrics writer keeps retrying while the database is unreachable",
+    )
+    heartbeat_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="how often a dispatcher writes its heartbeat row; /metrics calls it dead after 3 missed beats",
+    )
+    dispatcher_metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="port of the dispatcher's own Prometheus endpoint, on api_host (unset: off; 0: any free port)",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as text, or one JSON object per line (with job_id, attempt, dispatcher)"
+    )
     token_ttl_days: int = Field(90, ge=1, le=3650)
     max_page_size: int = Field(200, ge=1, le=10_000)
 

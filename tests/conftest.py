@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -32,3 +33,12 @@ def tiny_spec_dict(estimator: dict[str, Any] | None = None, **overrides: Any) ->
 @pytest.fixture
 def tiny_spec() -> Any:
     return tiny_spec_dict
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real Ray cluster for the whole session, shared by tests/e2e and tests/service/web (a second
+    fixture would start a second cluster, and ``ray.init`` refuses a second connection in one process)."""
+    from tests.e2e.conftest import run_ray_head
+
+    yield from run_ray_head(tmp_path_factory)

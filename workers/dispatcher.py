@@ -26,7 +26,7 @@ import ray
 from ray.exceptions import RayTaskError, TaskCancelledError, WorkerCrashedError
 
 from service.db import queue, records
-from service.db.engine import Database
+from service.db.engine import UNAVAILABLE, Database
 from service.db.models import Checkpoint, Job, utcnow
 from service.db.states import JobState
 from service.schemas.jobs import JobSpec
@@ -36,6 +36,7 @@ from workers import policy
 from workers.callbacks import JobLog
 from workers.job_runner import JobContext, run_job
 from workers.ray_cluster import RayCluster, connect
+from workers.telemetry import DispatcherTelemetry
 
 __all__ = ["Dispatcher", "main"]
 
@@ -73,6 +74,7 @@ class Dispatcher:
         self._remote: Any = None
         self._last_reap = 0.0
         self.stop_event = threading.Event()
+        self.telemetry = DispatcherTelemetry(settings, self.db, self.owner)
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> RayCluster:
@@ -85,6 +87,7 @@ class Dispatcher:
         # Attempts must not be retried by Ray behind our back: retries are the queue's decision.
         self._remote = ray.remote(num_cpus=0, max_retries=0)(run_job)
         self.reap()
+        self.telemetry.start()  # metrics endpoint (when configured) and the first heartbeat
         log.info("dispatcher %s ready on Ray %s", self.owner, self.cluster.address)
         return self.cluster
 
@@ -109,32 +112,47 @@ class Dispatcher:
                 ray.wait([attempt.ref], timeout=max(0.0, deadline - time.monotonic()))
             except Exception:  # noqa: BLE001 - shutting down: nothing more to do with it
                 pass
-            with self.db.write() as session:
-                job = session.get(Job, attempt.job_id, with_for_update=True)
-                if job is None or job.lease_owner != self.owner:
-                    continue
-                if job.state == JobState.cancelling:
-                    queue.transition(session, job, JobState.cancelled, message="cancelled (dispatcher stopped)")
-                elif job.state in (JobState.running, JobState.dispatching):
-                    job.attempts = max(job.attempts - 1, 0)  # not the job's failure
-                    queue.transition(session, job, JobState.retrying, message=f"dispatcher {self.owner} stopped")
-                    queue.transition(session, job, JobState.queued, message="requeued; resumes from its checkpoint")
+            try:
+                self.db.retrying(lambda session, a=attempt: self._give_back(session, a), within_s=10)
+            except UNAVAILABLE:
+                log.warning(
+                    "database unavailable: job %s is given back when its lease expires",
+                    attempt.job_id,
+                    extra={"job_id": attempt.job_id, "attempt": attempt.number},
+                )
         self.attempts.clear()
+        self.telemetry.stop()  # heartbeat row marked stopped, metrics endpoint closed
         if self.cluster is not None and self.cluster.started_here:
             Storage(self.settings.resolved_artifacts_dir).clear_ray_record()
 
+    def _give_back(self, session: Any, attempt: Attempt) -> None:
+        job = session.get(Job, attempt.job_id, with_for_update=True)
+        if job is None or job.lease_owner != self.owner:
+            return
+        if job.state == JobState.cancelling:
+            queue.transition(session, job, JobState.cancelled, message="cancelled (dispatcher stopped)")
+        elif job.state in (JobState.running, JobState.dispatching):
+            job.attempts = max(job.attempts - 1, 0)  # not the job's failure
+            queue.transition(session, job, JobState.retrying, message=f"dispatcher {self.owner} stopped")
+            queue.transition(session, job, JobState.queued, message="requeued; resumes from its checkpoint")
+
     # --- one iteration --------------------------------------------------------------------------
     def tick(self) -> None:
-        now = time.monotonic()
-        if now - self._last_reap >= self.settings.lease_s / 2:
-            self.reap()
-        self.watch()
-        self.dispatch()
+        """One pass; a database outage skips the rest of the pass (attempts keep running on Ray, and
+        their verdicts wait in ``self.attempts`` until the database answers again)."""
+        self.telemetry.tick(len(self.attempts))  # heartbeat when due; never raises for the database
+        try:
+            self.watch()
+            if time.monotonic() - self._last_reap >= self.settings.lease_s / 2:
+                self.reap()
+            self.dispatch()
+        except UNAVAILABLE as exc:
+            log.warning("database unavailable (%s); retrying next tick", type(exc).__name__)
 
     def reap(self) -> list[str]:
         self._last_reap = time.monotonic()
         with self.db.write() as session:
-            reaped = queue.reap_expired(session)
+            reaped = queue.reap_expired(session, alive=self.owner)
             ids = [job.id for job in reaped]
         for job_id in ids:
             JobLog(self._log_path(job_id)).write("lease expired (dispatcher gone): " + self._state_of(job_id))
@@ -152,8 +170,13 @@ class Dispatcher:
     def dispatch(self) -> None:
         while not self.stop_event.is_set():
             cpus, gpus = self.free_resources()
-            job = queue.claim_next(
-                self.db, owner=self.owner, lease_s=self.settings.lease_s, free_cpus=cpus + 1e-9, free_gpus=gpus + 1e-9
+            job = self.telemetry.claim(  # times the claim, counts a claimed job
+                queue.claim_next,
+                self.db,
+                owner=self.owner,
+                lease_s=self.settings.lease_s,
+                free_cpus=cpus + 1e-9,
+                free_gpus=gpus + 1e-9,
             )
             if job is None:
                 return
@@ -191,11 +214,17 @@ class Dispatcher:
             database_url=self.settings.resolved_database_url,
             artifacts_dir=str(self.settings.resolved_artifacts_dir),
             resume_path=resume,
+            db_outage_s=self.settings.db_outage_s,
         )
-        ref = self._remote.options(name=f"fsg-job-{job.id}-attempt-{number}").remote(ctx)
+        options: dict[str, Any] = {"name": f"fsg-job-{job.id}-attempt-{number}"}
+        if spec.resources.executor == "ray_task":
+            # The task is the worker: it holds the job's resources itself.
+            options.update(num_cpus=spec.resources.cpus_per_worker, num_gpus=1 if spec.resources.use_gpu else 0)
+        ref = self._remote.options(**options).remote(ctx)
         now = utcnow()
         self.attempts[job.id] = Attempt(job.id, number, ref, job.cpus, job.gpus, now, job.timeout_s, now)
-        log.info("job %s attempt %d launched", job.id, number)
+        self.telemetry.observe_launch(job, launched_at=now)  # fsg_queue_to_running_seconds
+        log.info("job %s attempt %d launched", job.id, number, extra={"job_id": job.id, "attempt": number})
 
     def watch(self) -> None:
         if not self.attempts:
@@ -224,7 +253,11 @@ class Dispatcher:
                 attempt.last_renewal = now
                 if not held:
                     # Another dispatcher reaped it: our attempt must not run beside its new one.
-                    log.warning("lost the lease of job %s; stopping its attempt", attempt.job_id)
+                    log.warning(
+                        "lost the lease of job %s; stopping its attempt",
+                        attempt.job_id,
+                        extra={"job_id": attempt.job_id, "attempt": attempt.number},
+                    )
                     ray.cancel(attempt.ref, force=True)
                     del self.attempts[attempt.job_id]
 
@@ -255,10 +288,11 @@ class Dispatcher:
                 outcome = policy.Outcome.failed
                 error = _short_error(exc)
                 retryable = "DatasetError" not in str(exc) and "CheckpointError" not in str(exc)
-        del self.attempts[attempt.job_id]
         with self.db.write() as session:
             job = session.get(Job, attempt.job_id, with_for_update=True)
             if job is None or job.lease_owner != self.owner:
+                del self.attempts[attempt.job_id]
+                self.telemetry.observe_finish(outcome)
                 return  # reaped meanwhile; the new owner decides
             decision = policy.after_attempt(
                 outcome,
@@ -281,6 +315,9 @@ class Dispatcher:
             else:
                 queue.transition(session, job, JobState.failed, message=decision.reason, error=error)
             final = job.state
+        # Only now: if the database was down, the attempt stays here and is finished on a later tick.
+        del self.attempts[attempt.job_id]
+        self.telemetry.observe_finish(outcome)  # fsg_attempts_finished_total{outcome}
         JobLog(self._log_path(attempt.job_id)).write(
             f"job {final}: {decision.reason}" + (f" ({error})" if error else "")
         )
@@ -321,9 +358,10 @@ def _short_error(exc: BaseException) -> str:
 def main(settings: Settings | None = None) -> None:
     """Run a dispatcher until SIGTERM or SIGINT (``fsg dispatcher`` and ``fsg up`` call this)."""
     from service.db.migrate import upgrade
+    from service.logging_config import configure_logging
 
     settings = settings or Settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings)  # FSG_LOG_FORMAT: text or one JSON object per line
     upgrade(settings.resolved_database_url)
     dispatcher = Dispatcher(settings)
 

@@ -27,6 +27,7 @@ class JobContext:
     database_url: str
     artifacts_dir: str
     resume_path: str | None = None
+    db_outage_s: float = 120.0  # how long writers of this attempt ride out a database outage
 
     @property
     def job_dir(self) -> Path:
@@ -61,6 +62,10 @@ def run_job(ctx: JobContext) -> dict[str, Any]:
             from workers.tune_driver import run_search
 
             summary = run_search(ctx, spec)
+        elif spec.resources.executor == "ray_task":
+            from workers.task_driver import run_task
+
+            summary = run_task(ctx, spec)
         else:
             from workers.train_driver import run_training
 

@@ -7,7 +7,7 @@ from typing import Any
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from fsg_core.train import summarize_history
+from service.db.comparison import summarize_rows
 from service.schemas.jobs import JobSpec, ResourcesSpec
 from workers.callbacks import DatabaseCallback
 from workers.job_runner import JobContext
@@ -47,6 +47,7 @@ def build_trainer(
         attempt=ctx.attempt,
         log_path=str(ctx.log_path),
         trial_key=trial_key,
+        outage_s=ctx.db_outage_s,
     )
     return TorchTrainer(
         train_loop_per_worker,
@@ -71,19 +72,21 @@ def job_summary(ctx: JobContext, trial_key: str | None = "") -> dict[str, Any]:
     from service.db import reads
     from service.db.engine import Database
 
+    def read(session: Any) -> tuple[list[dict[str, Any]], list[Any]]:
+        rows = [
+            {"phase": m.phase, "epoch": m.epoch, **m.values} for m in reads.list_metrics(session, ctx.job_id, trial_key)
+        ]
+        checkpoints = [
+            c for c in reads.list_checkpoints(session, ctx.job_id) if trial_key is None or c.trial_key == trial_key
+        ]
+        return rows, checkpoints
+
     db = Database.from_url(ctx.database_url)
     try:
-        with db.read() as session:
-            rows = [
-                {"phase": m.phase, "epoch": m.epoch, **m.values}
-                for m in reads.list_metrics(session, ctx.job_id, trial_key)
-            ]
-            checkpoints = [
-                c for c in reads.list_checkpoints(session, ctx.job_id) if trial_key is None or c.trial_key == trial_key
-            ]
+        rows, checkpoints = db.retrying(read, within_s=ctx.db_outage_s, write=False)
     finally:
         db.dispose()
-    summary = summarize_history(rows)
+    summary = summarize_rows(rows)  # stored rows: NaN came back as None
     packed = [c for c in checkpoints if c.packed_bytes]
     if packed:
         summary["packed_bytes"] = packed[-1].packed_bytes

@@ -55,8 +55,12 @@ def _trial_function(ctx: JobContext, spec: JobSpec) -> Any:
             train_spec = set_path(train_spec, path, value)
         db = _db(ctx)
         try:
-            with db.write() as session:
-                records.upsert_trial(session, ctx.job_id, trial_key=trial_key, config=config, state="running")
+            db.retrying(
+                lambda session: records.upsert_trial(
+                    session, ctx.job_id, trial_key=trial_key, config=config, state="running"
+                ),
+                within_s=ctx.db_outage_s,
+            )
         finally:
             db.dispose()
         trainer = build_trainer(

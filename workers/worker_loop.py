@@ -23,11 +23,36 @@ from fsg_core.reporting import Reporter
 from fsg_core.spec import TrainSpec
 from fsg_core.train import Components, fit, save_packed_model
 
-__all__ = ["CHECKPOINT_FILE", "PACKED_FILE", "RayReporter", "train_loop_per_worker"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "PACKED_FILE",
+    "RayReporter",
+    "plain_metrics",
+    "train_loop_per_worker",
+    "write_checkpoint_dir",
+]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 PACKED_FILE = "model.packed.safetensors"
 METRICS_FILE = "metrics.json"
+NODE_KEY = "node_id"
+
+
+def write_checkpoint_dir(
+    directory: Path, metrics: dict[str, Any], checkpoint: dict[str, Any], components: Components | None
+) -> None:
+    """A checkpoint directory: the resumable state, the 1-bit packed model in the binarized phase,
+    and the epoch's metrics."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(checkpoint, directory / CHECKPOINT_FILE)
+    if metrics.get("phase") == "binary" and components is not None:
+        save_packed_model(components, directory / PACKED_FILE)
+    (directory / METRICS_FILE).write_text(json.dumps(metrics))
+
+
+def plain_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The scalar entries of an epoch's metrics (what Ray and the database take)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
 class RayReporter(Reporter):
@@ -40,16 +65,14 @@ class RayReporter(Reporter):
         self.components = components
 
     def report(self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
-        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
+        # Which node each rank runs on reaches the controller's callback (placement events).
+        clean = {**plain_metrics(metrics), NODE_KEY: ray.get_runtime_context().get_node_id()}
         if checkpoint is None:
             ray.train.report(clean)
             return
         tmp = Path(tempfile.mkdtemp(prefix="fsg-ckpt-"))
         try:
-            save_checkpoint(checkpoint, tmp / CHECKPOINT_FILE)
-            if metrics.get("phase") == "binary" and self.components is not None:
-                save_packed_model(self.components, tmp / PACKED_FILE)
-            (tmp / METRICS_FILE).write_text(json.dumps(clean))
+            write_checkpoint_dir(tmp, clean, checkpoint, self.components)
             ray.train.report(clean, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -22,7 +22,15 @@ from fsg_core.data.synthetic import make_synthetic
 from fsg_core.data.transforms import apply_crop_flip, channel_stats, draw_crop_flip, fit_size, normalize
 from fsg_core.spec import DataSpec
 
-__all__ = ["DatasetError", "Splits", "TensorSplit", "build_splits", "iterate_batches", "num_batches"]
+__all__ = [
+    "DatasetError",
+    "Splits",
+    "TensorSplit",
+    "build_splits",
+    "iterate_batches",
+    "num_batches",
+    "should_pin_memory",
+]
 
 # Digits and synthetic data have no official test set. Their hold-out uses this fixed seed rather than
 # the run's, so that, as with CIFAR, every run of a dataset is scored on the same test images.
@@ -127,6 +135,16 @@ def build_splits(spec: DataSpec, seed: int) -> Splits:
     )
 
 
+def should_pin_memory(source: torch.device | str, target: torch.device | str) -> bool:
+    """Whether batches read from ``source`` memory should be pinned before going to ``target``.
+
+    Only host-to-CUDA copies gain: from page-locked memory ``.to(cuda, non_blocking=True)`` is a
+    true asynchronous DMA, while from pageable memory it is staged and the host waits. Pinning costs
+    a host copy, so CPU training and splits already on the GPU skip it.
+    """
+    return torch.device(source).type == "cpu" and torch.device(target).type == "cuda"
+
+
 def num_batches(n: int, batch_size: int, drop_last: bool = False, max_batches: int | None = None) -> int:
     """Number of batches ``iterate_batches`` yields for ``n`` samples (on every rank)."""
     if batch_size < 1:
@@ -146,6 +164,7 @@ def iterate_batches(
     world_size: int = 1,
     drop_last: bool = False,
     max_batches: int | None = None,
+    pin_memory: bool = False,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield this rank's ``(images, labels)`` minibatches of ``split``.
 
@@ -171,6 +190,8 @@ def iterate_batches(
         world_size: number of data-parallel processes.
         drop_last: skip the final batch when it is short.
         max_batches: stop after this many batches.
+        pin_memory: yield batches in page-locked host memory (``should_pin_memory`` decides), so
+            that their copy to the GPU can run asynchronously. Values are unchanged.
 
     Yields:
         ``(images, labels)``: (B, C, H, W) and int64 (B,), on ``split``'s device.
@@ -200,6 +221,7 @@ def iterate_batches(
         rank=rank,
         world_size=world_size,
         count=num_batches(len(split), batch_size, drop_last, max_batches),
+        pin_memory=pin_memory,
     )
 
 
@@ -214,6 +236,7 @@ def _batches(
     rank: int,
     world_size: int,
     count: int,
+    pin_memory: bool,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     # A separate generator function, so that iterate_batches validates its arguments when called rather
     # than at the first next().
@@ -230,6 +253,9 @@ def _batches(
             # Drawn for the whole global batch, so every rank's generator advances alike.
             params = draw_crop_flip(len(global_idx), crop_padding, flip, generator)
             images = apply_crop_flip(images, params.select(slice(offset, offset + len(shard))), crop_padding)
+        if pin_memory:
+            # The batch is a fresh tensor (indexing copies), so pinning the split itself would not help.
+            images, labels = images.pin_memory(), labels.pin_memory()
         yield images, labels
 
 

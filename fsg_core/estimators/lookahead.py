@@ -139,4 +139,16 @@ class LookaheadEstimator(LearnedEstimator):
             module.load_state_dict(s)
         for opt, s in zip(self.meta_optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(s)
-        self.load_extra_state(state["extra"])
+        # Checkpoints load on the CPU; a run resumed on a GPU needs the history and carried tensors there.
+        self.load_extra_state(_to_device(state["extra"], self.layers[0][1].weight.device))
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor inside (dicts, lists, tuples) moved to ``device``."""
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj

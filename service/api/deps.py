@@ -31,12 +31,18 @@ __all__ = [
     "SettingsDep",
     "StorageDep",
     "TenantDep",
+    "is_job_id",
 ]
 
 DEFAULT_PAGE_SIZE = 50
 # Job ids are ours (hex uuids); anything else cannot name a job, so it is "not found" without a query
 # (and never reaches the database with bytes it refuses, like NUL on PostgreSQL).
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def is_job_id(value: str) -> bool:
+    """Whether ``value`` could name a job at all (ids that cannot are "not found" without a query)."""
+    return _JOB_ID.match(value) is not None
 
 
 # The getters are async: a sync dependency costs a thread-pool hop per request.

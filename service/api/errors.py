@@ -12,10 +12,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, OperationalError
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DataError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from service.db.engine import UNAVAILABLE
 from service.db.queue import IdempotencyConflict
 from service.db.states import IllegalTransition
 from service.storage import ArtifactNotFound
@@ -122,6 +126,28 @@ async def _on_database_down(_: Request, exc: Exception) -> JSONResponse:
     return _detail(503, "the database is unavailable; retry later", {"Retry-After": "5"})
 
 
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError | RecursionError):
+        # FastAPI answers a body that json.loads cannot even start on (not UTF-8, nested too deep) with a
+        # bare 400 "error parsing the body"; like any other malformed JSON, it is a 422 that names the body.
+        reason = "is nested too deeply" if isinstance(exc.__cause__, RecursionError) else "is not UTF-8"
+        body_error = invalid(("body",), f"JSON decode error: the body {reason}", "json_invalid")
+        return await _on_validation(request, body_error)
+    if exc.status_code == 405:
+        # Starlette's Allow names the methods of the first route on the path only (POST for /v1/jobs);
+        # RFC 9110 wants every method the path supports, so each one is tried against the routes.
+        path = {"type": "http", "path": request.scope["path"], "root_path": request.scope.get("root_path", "")}
+        methods = [
+            method
+            for method in ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+            if any(route.matches({**path, "method": method})[0] is Match.FULL for route in request.app.router.routes)
+        ]
+        if methods:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(methods)}
+    return await http_exception_handler(request, exc)
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _detail(500, "internal server error")
@@ -130,6 +156,7 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     """Register every mapping on ``app``."""
     app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(JobNotFound, _on_not_found)
     app.add_exception_handler(ArtifactNotFound, _on_not_found)
     app.add_exception_handler(IdempotencyConflict, _on_conflict)
@@ -137,5 +164,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(AlreadyFinished, _on_conflict)
     app.add_exception_handler(InvalidParameter, _on_bad_request)
     app.add_exception_handler(DataError, _on_unstorable)
-    app.add_exception_handler(OperationalError, _on_database_down)
+    for unavailable in UNAVAILABLE:
+        app.add_exception_handler(unavailable, _on_database_down)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import typer
 
+from service.cli import compare as _compare
+from service.cli import db as _db
 from service.cli import jobs as _jobs
 from service.cli import server as _server
 from service.cli import tokens as _tokens
@@ -16,7 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-for _module in (_train, _server, _jobs, _tokens):
+for _module in (_train, _server, _jobs, _compare, _tokens, _db):
     _module.register(app)
 
 __all__ = ["app"]

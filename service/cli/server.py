@@ -114,9 +114,13 @@ def api(
     import uvicorn
 
     from service.app import create_app
+    from service.logging_config import configure_logging
 
     settings = _settings(api_host=host, api_port=port)
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning")
+    configure_logging(settings)  # FSG_LOG_FORMAT; log_config=None below keeps uvicorn's records in it
+    uvicorn.run(
+        create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning", log_config=None
+    )
 
 
 def dispatcher() -> None:

@@ -10,17 +10,27 @@ PostgreSQL gets a pooled engine with pre-ping.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["Database", "build_engine", "is_postgres", "is_sqlite"]
+__all__ = ["UNAVAILABLE", "Database", "build_engine", "is_postgres", "is_sqlite"]
+
+log = logging.getLogger("fsg.db")
+T = TypeVar("T")
+
+# What a database that is down, restarting or unreachable raises: worth retrying, unlike a bad value.
+UNAVAILABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError, PoolTimeout)
 
 
 def is_sqlite(engine_or_url: Engine | str) -> bool:
@@ -103,6 +113,28 @@ class Database:
     def read(self) -> Iterator[Session]:
         with self._reader() as session, session.begin():
             yield session
+
+    def retrying(self, work: Callable[[Session], T], *, within_s: float, write: bool = True) -> T:
+        """``work(session)`` in one transaction, tried again while the database is unavailable.
+
+        For writers that must not lose what they write to a short outage (a run's metrics, a
+        dispatcher's verdict): each try is a whole transaction, so a retry never half-applies.
+
+        Raises:
+            The last ``UNAVAILABLE`` error once ``within_s`` seconds have passed without success.
+        """
+        deadline = time.monotonic() + within_s
+        delay = 0.25
+        while True:
+            try:
+                with self.write() if write else self.read() as session:
+                    return work(session)
+            except UNAVAILABLE as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("database unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -28,6 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "Base",
     "Checkpoint",
+    "DispatcherHeartbeat",
     "Job",
     "JobEvent",
     "Metric",
@@ -197,3 +198,21 @@ class Checkpoint(Base):
     packed_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DispatcherHeartbeat(Base):
+    """A dispatcher's latest sign of life, one row per dispatcher process (upserted every heartbeat_s).
+
+    ``stopped_at`` is set by a clean shutdown; a crashed dispatcher's row simply stops ageing well.
+    """
+
+    __tablename__ = "dispatchers"
+
+    owner: Mapped[str] = mapped_column(String(128), primary_key=True)  # the lease owner string
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    running_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claims: Mapped[int] = mapped_column(BigInteger, default=0)  # jobs claimed since started_at
+    stopped_at: Mapped[datetime | None] = mapped_column(default=None)

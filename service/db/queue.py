@@ -245,16 +245,21 @@ def release(session: Session, job: Job, *, message: str) -> JobEvent:
     return transition(session, job, JobState.queued, message=message)
 
 
-def reap_expired(session: Session, *, now: datetime | None = None) -> list[Job]:
+def reap_expired(session: Session, *, now: datetime | None = None, alive: str | None = None) -> list[Job]:
     """Jobs whose lease expired (their dispatcher died): back to the queue, or ended.
 
     A job that was ``cancelling`` ends ``cancelled``; one with attempts left goes
     ``retrying -> queued`` (it resumes from its latest checkpoint); one without ends ``failed``.
+    ``alive`` names the calling dispatcher: its own leases are left alone (it may have missed renewals
+    during a database outage, but its attempts still run).
     """
     now = now or utcnow()
+    conditions = [Job.state.in_([s.value for s in ACTIVE]), Job.lease_until.is_not(None), Job.lease_until < now]
+    if alive is not None:
+        conditions.append(Job.lease_owner != alive)
     expired = session.scalars(
         select(Job)
-        .where(Job.state.in_([s.value for s in ACTIVE]), Job.lease_until.is_not(None), Job.lease_until < now)
+        .where(*conditions)
         .with_for_update(skip_locked=True)
         # Objects already in the session would otherwise keep their stale, unlocked values.
         .execution_options(populate_existing=True)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
-from service.db.models import Checkpoint, Job, JobEvent, Metric, Token, Trial
+from service.db.models import Checkpoint, DispatcherHeartbeat, Job, JobEvent, Metric, Token, Trial
 from service.db.states import JobState
 
 __all__ = [
@@ -21,9 +21,12 @@ __all__ = [
     "get_job",
     "jobs_by_state",
     "list_checkpoints",
+    "list_dispatchers",
     "list_jobs",
     "list_metrics",
     "list_trials",
+    "oldest_queued_at",
+    "state_events",
 ]
 
 
@@ -133,3 +136,38 @@ def jobs_by_state(session: Session) -> dict[str, int]:
     for state, count in session.execute(select(Job.state, func.count()).group_by(Job.state)):
         counts[state] = count
     return counts
+
+
+def state_events(session: Session, job_id: str) -> list[JobEvent]:
+    """The job's state changes (kind ``state``), oldest first: a few per attempt."""
+    query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "state")
+    return list(session.scalars(query.order_by(JobEvent.id)))
+
+
+def oldest_queued_at(session: Session) -> datetime | None:
+    """When the longest-waiting queued job (all tenants) last entered ``queued``; None: the queue is empty.
+
+    A job enters ``queued`` when it is submitted and again after each retry or requeue, so a retried job
+    counts from its requeue, not from its submission (its ``created_at`` when it has no such event).
+    """
+    entered = (
+        select(func.max(JobEvent.created_at))
+        .where(JobEvent.job_id == Job.id, JobEvent.to_state == JobState.queued.value)
+        .correlate(Job)
+        .scalar_subquery()
+    )
+    return session.scalar(
+        select(func.min(func.coalesce(entered, Job.created_at))).where(Job.state == JobState.queued.value)
+    )
+
+
+def list_dispatchers(session: Session, *, since: datetime, limit: int = 100) -> list[DispatcherHeartbeat]:
+    """Dispatchers not cleanly stopped that beat at or after ``since``, latest heartbeat first, at most
+    ``limit`` (a bound on what a scrape reports, whatever the table holds)."""
+    query = (
+        select(DispatcherHeartbeat)
+        .where(DispatcherHeartbeat.stopped_at.is_(None), DispatcherHeartbeat.heartbeat_at >= since)
+        .order_by(DispatcherHeartbeat.heartbeat_at.desc(), DispatcherHeartbeat.owner)
+        .limit(limit)
+    )
+    return list(session.scalars(query))

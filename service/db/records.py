@@ -1,4 +1,5 @@
-"""What the workers write back while a job runs: per-epoch metrics, checkpoints, trials, summaries.
+"""What the workers write back while a job runs: per-epoch metrics, checkpoints, trials, summaries;
+and the dispatchers' heartbeats (one row per dispatcher process, no event).
 
 Each write also appends a ``JobEvent`` (kind ``metric``, ``checkpoint`` or ``trial``) so that the SSE
 stream carries it, in order, with the event id as its cursor. State changes are not written here:
@@ -9,15 +10,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from service.db.models import Checkpoint, Job, JobEvent, Metric, Trial, utcnow
+from service.db.models import Checkpoint, DispatcherHeartbeat, Job, JobEvent, Metric, Trial, utcnow
 
-__all__ = ["json_safe", "mark_best_trial", "record_checkpoint", "record_metrics", "set_summary", "upsert_trial"]
+__all__ = [
+    "json_safe",
+    "mark_best_trial",
+    "prune_heartbeats",
+    "record_checkpoint",
+    "record_heartbeat",
+    "record_metrics",
+    "record_stopped",
+    "set_summary",
+    "upsert_trial",
+]
 
 
 def json_safe(value: Any, *, field: str = "value") -> Any:
@@ -73,6 +85,16 @@ def _insert(session: Session, model: type[Any]) -> Any:
 
 def _event(session: Session, job_id: str, kind: str, message: str, data: dict[str, Any]) -> None:
     session.add(JobEvent(job_id=job_id, kind=kind, message=message, data=data))
+
+
+def record_event(session: Session, job_id: str, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+    """Append a job event that is not a state change (worker placement, a worker-group restart).
+
+    Raises:
+        LookupError: the job does not exist.
+    """
+    _lock_job(session, job_id)
+    _event(session, job_id, kind, message, json_safe(data or {}, field="data"))
 
 
 def record_metrics(
@@ -215,3 +237,54 @@ def set_summary(session: Session, job: Job, summary: dict[str, Any]) -> None:
     # A new dict, not an in-place edit: the JSON column only notices assignment.
     job.summary = json_safe(summary, field="summary")
     session.flush()
+
+
+def record_heartbeat(
+    session: Session,
+    *,
+    owner: str,
+    hostname: str,
+    pid: int,
+    started_at: datetime,
+    running_attempts: int,
+    claims: int,
+    now: datetime | None = None,
+) -> None:
+    """Upsert the dispatcher ``owner``'s row: alive at ``now`` (default: the current time), with
+    ``running_attempts`` attempts on Ray and ``claims`` jobs claimed since ``started_at``.
+
+    A beat after ``record_stopped`` (an owner string reused) clears ``stopped_at`` again.
+    """
+    now = now or utcnow()
+    values = {
+        "hostname": hostname,
+        "pid": pid,
+        "started_at": started_at,
+        "heartbeat_at": now,
+        "running_attempts": running_attempts,
+        "claims": claims,
+        "stopped_at": None,
+    }
+    stmt = _insert(session, DispatcherHeartbeat).values(owner=owner, **values)
+    session.execute(stmt.on_conflict_do_update(index_elements=[DispatcherHeartbeat.owner], set_=values))
+
+
+def record_stopped(session: Session, owner: str, *, now: datetime | None = None) -> bool:
+    """Mark the dispatcher ``owner`` as cleanly stopped (no attempts left running).
+
+    Returns:
+        False when ``owner`` never wrote a heartbeat (nothing to mark).
+    """
+    result = session.execute(
+        update(DispatcherHeartbeat)
+        .where(DispatcherHeartbeat.owner == owner)
+        .values(stopped_at=now or utcnow(), running_attempts=0)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def prune_heartbeats(session: Session, *, older_than: datetime) -> int:
+    """Delete the rows of dispatchers silent since before ``older_than`` (stopped or crashed long ago),
+    so the table stays as small as the set of recent dispatchers. Returns how many went."""
+    result = session.execute(delete(DispatcherHeartbeat).where(DispatcherHeartbeat.heartbeat_at < older_than))
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -41,6 +41,20 @@ class ResourcesSpec(_Spec):
     use_gpu: bool = Field(False, description="one GPU per worker, NCCL; gloo on CPU")
     cpus_per_worker: float = Field(1.0, gt=0, le=256)
     placement: Literal["pack", "spread"] = Field("pack", description="Ray placement strategy of the workers")
+    executor: Literal["ray_train", "ray_task"] = Field(
+        "ray_train",
+        description=(
+            "ray_train: a Ray Train worker group (TorchTrainer; data parallel, worker restarts); "
+            "ray_task: one Ray task runs the loop, without the worker group's 10-20 s of start-up "
+            "(small jobs; one worker)"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _task_is_one_worker(self) -> ResourcesSpec:
+        if self.executor == "ray_task" and self.num_workers != 1:
+            raise ValueError("executor 'ray_task' runs one worker: set num_workers to 1 or use 'ray_train'")
+        return self
 
     @property
     def cpus(self) -> float:
@@ -150,6 +164,8 @@ class JobSpec(TrainSpec):
             raise ValueError("kind='search' needs a 'search' section")
         if self.kind == "train" and self.search is not None:
             raise ValueError("'search' is only allowed with kind='search'")
+        if self.kind == "search" and self.resources.executor != "ray_train":
+            raise ValueError("a search runs its trials on Ray Train: resources.executor must be 'ray_train'")
         if self.search is not None:
             base = self.train_spec().model_dump(mode="json")
             for path, dim in self.search.space.items():

@@ -35,7 +35,7 @@ def job_spec(**overrides: Any) -> dict[str, Any]:
     return spec
 
 
-def _events(svc: Service, job_id: str) -> list[Any]:
+def events_of(svc: Service, job_id: str) -> list[Any]:
     from service.db import reads
 
     db = svc.database()
@@ -134,7 +134,7 @@ def test_a_dispatcher_killed_mid_run_is_replaced_and_the_job_resumes_from_its_ch
     assert final["state"] == "succeeded", final.get("error")
     assert final["attempts"] == 2
 
-    events = _events(service, job_id)
+    events = events_of(service, job_id)
     transitions = [(e.from_state, e.to_state) for e in events if e.kind == "state"]
     assert transitions.count(("dispatching", "running")) == 2
     assert ("running", "retrying") in transitions and ("retrying", "queued") in transitions

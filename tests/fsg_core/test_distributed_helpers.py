@@ -1,4 +1,5 @@
-"""all_reduce_mean and broadcast_tensors: no-ops alone, exact means and copies in a real gloo group."""
+"""Backend and device choice, joining a group from the environment; all_reduce_mean and broadcast_tensors:
+no-ops alone, exact means and copies in a real gloo group."""
 
 from __future__ import annotations
 
@@ -27,6 +28,49 @@ def test_helpers_are_no_ops_without_a_process_group() -> None:
     dist_utils.broadcast_tensors([a, b], src=0)
     dist_utils.broadcast_tensors([])
     assert torch.equal(a, a_before) and torch.equal(b, b_before)
+
+
+@pytest.mark.parametrize(
+    ("device", "backend"),
+    [
+        ("cuda", "nccl"),
+        ("cuda:1", "nccl"),
+        (torch.device("cuda", 0), "nccl"),
+        ("cpu", "gloo"),
+        (torch.device("cpu"), "gloo"),
+    ],
+)
+def test_backend_follows_the_device(device: str | torch.device, backend: str) -> None:
+    assert dist_utils.backend_for(device) == backend
+
+
+def test_local_device_is_the_local_ranks_gpu_or_the_cpu() -> None:
+    assert dist_utils.local_device(3, cuda=True) == torch.device("cuda", 3)
+    assert dist_utils.local_device(3, cuda=False) == torch.device("cpu")
+    assert dist_utils.local_device(0) == (torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
+
+
+@pytest.mark.timeout(60)
+def test_init_process_group_from_launcher_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "0"}
+    env["MASTER_PORT"] = str(_free_port())
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    device = dist_utils.init_process_group(torch.device("cpu"), timeout_s=30)
+    try:
+        assert device == torch.device("cpu")
+        assert dist.get_backend() == "gloo" and dist.get_world_size() == 1
+    finally:
+        dist.destroy_process_group()
+
+
+def test_init_process_group_names_missing_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ValueError, match="RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT.*torchrun"):
+        dist_utils.init_process_group()
+    assert not dist.is_initialized()
 
 
 # --- a real two-process gloo group ---------------------------------------------------------------

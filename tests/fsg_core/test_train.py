@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fsg_core.binary import binary_layers
+from fsg_core.checkpoint import load_checkpoint
 from fsg_core.reporting import FileReporter, Reporter
 from fsg_core.spec import TrainSpec
 from fsg_core.train import fit, summarize_history
@@ -157,3 +158,73 @@ def test_w1a32_resnet20_learns_digits(estimator: dict[str, Any]) -> None:
     result = fit(TrainSpec.model_validate(spec))
     assert result.summary["best_val_acc"] > 0.6, result.history
     assert result.summary["final_train_loss"] < result.history[len(result.history) - 4]["train_loss"] + 1.0
+
+
+# --- mixed precision --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cpu_resumes_bit_identical(tmp_path, precision: str) -> None:
+    spec = TrainSpec.model_validate(tiny_spec_dict(epochs=2, init={"pretrain_epochs": 0}, precision=precision))
+    straight = fit(spec)
+    assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in straight.history)
+
+    files = FileReporter(tmp_path)
+    with pytest.raises(_Crash):
+        fit(spec, _CrashAfter(files, 1))
+    resumed = fit(spec, FileReporter(tmp_path), resume=files.checkpoint_path)
+    ws, wr = _weights(straight.model), _weights(resumed.model)
+    assert all(torch.equal(ws[k], wr[k]) for k in ws), [k for k in ws if not torch.equal(ws[k], wr[k])]
+    assert _metrics(straight.history) == _metrics(resumed.history)  # fp16: loss_scale included
+    assert all(p.dtype == torch.float32 for p in resumed.model.parameters())
+
+
+def test_fp16_loss_scale_is_checkpointed_and_restored(tmp_path) -> None:
+    spec = TrainSpec.model_validate(tiny_spec_dict(epochs=3, init={"pretrain_epochs": 0}, precision="fp16"))
+    files = FileReporter(tmp_path)
+    with pytest.raises(_Crash):
+        fit(spec, _CrashAfter(files, 1))
+    state = load_checkpoint(files.checkpoint_path)
+    assert set(state["scaler"]) >= {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"}
+    assert state["scaler"]["scale"] == state["history"][-1]["loss_scale"]
+    # A scale the run would never reach by itself in 3 steps (it starts at 2**16 and only halves):
+    # the resumed epochs must start from it.
+    state["scaler"]["scale"] = 3.0
+    resumed = fit(spec, resume=state)
+    assert [r["loss_scale"] for r in resumed.history[1:]] == [3.0, 3.0]
+
+
+def test_fp16_grad_norm_is_of_unscaled_gradients() -> None:
+    runs = {p: fit(TrainSpec.model_validate(tiny_spec_dict(epochs=1, precision=p))) for p in ("fp32", "fp16")}
+    fp32, fp16 = (runs[p].history[-1]["grad_norm"] for p in ("fp32", "fp16"))
+    assert runs["fp16"].history[-1]["loss_scale"] >= 2.0**10
+    assert 0.2 < fp16 / fp32 < 5  # a scaled norm would be loss_scale times larger
+
+
+def test_bf16_learned_estimator_reads_float32_gradients(monkeypatch) -> None:
+    from fsg_core.estimators.lookahead import LookaheadEstimator
+
+    seen: set[torch.dtype] = set()
+    after_backward = LookaheadEstimator.after_backward
+
+    def spy(self: LookaheadEstimator, group: Any = None) -> bool:
+        seen.update(layer.captured_grad.dtype for _, layer in self.layers if layer.captured_grad is not None)
+        return after_backward(self, group)
+
+    monkeypatch.setattr(LookaheadEstimator, "after_backward", spy)
+    result = fit(TrainSpec.model_validate(tiny_spec_dict(FSG_CPU, precision="bf16", init={"pretrain_epochs": 0})))
+    assert seen == {torch.float32}
+    est = result.components.estimator.state_dict()
+    assert est["extra"]["history"]["buffer"].dtype == torch.float32
+    assert all(math.isfinite(r["train_loss"]) for r in result.history)
+
+
+def test_packed_model_of_a_bf16_run_gives_the_trained_models_logits(tmp_path) -> None:
+    from fsg_core.packed import load_packed
+
+    result = fit(TrainSpec.model_validate(tiny_spec_dict(precision="bf16")))
+    result.save_packed(tmp_path / "model.packed.safetensors")
+    packed = load_packed(tmp_path / "model.packed.safetensors")
+    x = result.components.splits.test.images[:16]
+    with torch.no_grad():
+        assert torch.equal(packed.model(x), result.model(x))

@@ -14,6 +14,7 @@ in chunks with activation checkpointing to bound memory.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -27,8 +28,12 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 __all__ = ["SelectiveSSM", "SlowNet", "has_mamba_kernels"]
 
 
+@functools.cache
 def has_mamba_kernels() -> bool:
-    """Whether ``mamba_ssm``'s fused selective-scan kernel can be imported."""
+    """Whether ``mamba_ssm``'s fused selective-scan kernel can be imported.
+
+    Cached: the slow net asks once per chunk, and a failing import searches ``sys.path`` each time.
+    """
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # noqa: F401
     except Exception:  # ImportError, or a CUDA/ABI mismatch raising at import
@@ -106,7 +111,8 @@ class SelectiveSSM(nn.Module):
         return out
 
     def _kernel_ready(self, u: Tensor) -> bool:
-        return self.use_kernels and u.is_cuda and has_mamba_kernels()
+        """The fused kernel only on CUDA tensors with ``mamba_ssm`` importable; the scan in PyTorch otherwise."""
+        return self.use_kernels and _is_cuda(u) and has_mamba_kernels()
 
     def forward(self, u: Tensor) -> Tensor:
         """All positions' outputs: u (B, L, d_model) -> (B, L, d_model)."""
@@ -125,6 +131,9 @@ class SelectiveSSM(nn.Module):
         return self.out_proj(y * F.silu(z[:, -1]))
 
     def _forward_kernel(self, u: Tensor) -> Tensor:
+        """``forward`` through ``selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)``,
+        which takes channels-first (B, D, L) inputs, B and C as (B, S, L), adds ``delta_bias`` and
+        applies softplus to ``delta`` itself, and returns ``(scan + D u) * SiLU(z)``."""
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
         length = u.shape[1]
@@ -144,6 +153,11 @@ class SelectiveSSM(nn.Module):
             delta_softplus=True,
         )  # (B, D, L), already gated by SiLU(z)
         return self.out_proj(y.transpose(1, 2))
+
+
+def _is_cuda(t: Tensor) -> bool:
+    # One place for the device check, so a test can stand in for a GPU.
+    return t.is_cuda
 
 
 def _scan_last(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:

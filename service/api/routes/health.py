@@ -15,8 +15,10 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import DatabaseDep, ReadSessionDep, SettingsDep, StorageDep
+from service.api.monitoring import dispatcher_window
 from service.db import reads
 from service.db.engine import Database
+from service.db.models import utcnow
 from service.schemas.health import LiveRead, ReadyRead
 from service.settings import Settings
 from service.storage import Storage
@@ -103,7 +105,17 @@ async def readiness(db: DatabaseDep, settings: SettingsDep, storage: StorageDep)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-def prometheus(request: Request, session: ReadSessionDep) -> Response:
-    """Prometheus text: ``fsg_jobs{state}``, ``fsg_queue_depth``, HTTP request counts and latencies."""
-    body = request.app.state.telemetry.render(reads.jobs_by_state(session))
+def prometheus(request: Request, session: ReadSessionDep, settings: SettingsDep) -> Response:
+    """Prometheus text: ``fsg_jobs{state}``, ``fsg_queue_depth``, ``fsg_queue_oldest_age_seconds``,
+    ``fsg_dispatcher_heartbeat_age_seconds{dispatcher}``, ``fsg_dispatchers_alive``, HTTP request counts
+    and latencies."""
+    now = utcnow()
+    recent = reads.list_dispatchers(session, since=now - dispatcher_window(settings.heartbeat_s), limit=1000)
+    body = request.app.state.telemetry.render(
+        reads.jobs_by_state(session),
+        oldest_queued_at=reads.oldest_queued_at(session),
+        heartbeats=[(row.owner, row.heartbeat_at) for row in recent],
+        heartbeat_s=settings.heartbeat_s,
+        now=now,
+    )
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -113,7 +113,11 @@ def resolve_paths(spec: JobSpec, session: Session, tenant: str, settings: Settin
     "",
     status_code=status.HTTP_201_CREATED,
     responses={
-        200: {"model": DryRunRead, "description": "dry run, or an idempotent replay (header Idempotent-Replayed)"},
+        200: {
+            "model": DryRunRead | JobRead,
+            "description": "a dry run's resolved spec, or the first job again on an idempotent replay "
+            "(header Idempotent-Replayed)",
+        },
         409: {"model": ErrorRead, "description": "Idempotency-Key reused with a different body"},
         **_ERRORS,
     },
@@ -160,7 +164,7 @@ async def submit_job(
     return job_read(job, _dashboard(settings, storage))
 
 
-@router.get("", responses=_ERRORS)
+@router.get("", responses={**_ERRORS, 400: {"model": ErrorRead, "description": "a malformed or foreign cursor"}})
 def list_jobs(
     session: ReadSessionDep,
     tenant: TenantDep,

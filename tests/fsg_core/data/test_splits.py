@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fsg_core.data import Splits, TensorSplit, build_splits, iterate_batches, num_batches
+from fsg_core.data import Splits, TensorSplit, build_splits, iterate_batches, num_batches, should_pin_memory
 from fsg_core.data.synthetic import make_synthetic
 from fsg_core.data.transforms import channel_stats
 from fsg_core.spec import DataSpec
@@ -209,3 +209,46 @@ def test_randomness_needs_a_generator() -> None:
         iterate_batches(small_split(), 8, shuffle=True, generator=None)
     with pytest.raises(ValueError, match="generator is required"):
         iterate_batches(small_split(), 8, shuffle=False, generator=None, augment=DataSpec())
+
+
+# ----- pinned memory -----
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "expected"),
+    [
+        ("cpu", "cuda", True),  # host batches bound for a GPU: pinned, so the copy is asynchronous
+        ("cpu", "cuda:1", True),
+        (torch.device("cpu"), torch.device("cuda", 0), True),
+        ("cpu", "cpu", False),  # CPU training: nothing changes
+        ("cuda", "cuda", False),  # a split already in GPU memory
+        ("cuda:0", "cpu", False),
+        ("meta", "cuda", False),
+    ],
+)
+def test_should_pin_memory(source: str | torch.device, target: str | torch.device, expected: bool) -> None:
+    assert should_pin_memory(source, target) is expected
+
+
+@pytest.mark.parametrize("pin", [True, False])
+def test_pinned_batches_are_pinned_and_unchanged(monkeypatch: pytest.MonkeyPatch, pin: bool) -> None:
+    pinned: list[torch.Tensor] = []
+
+    def fake_pin_memory(self: torch.Tensor) -> torch.Tensor:  # pinning itself needs a CUDA runtime
+        pinned.append(self)
+        return self.clone()
+
+    split, augment = small_split(), DataSpec(crop_padding=1)
+
+    def epoch(pin_memory: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(3)
+        return list(
+            iterate_batches(split, 16, shuffle=True, generator=generator, augment=augment, pin_memory=pin_memory)
+        )
+
+    plain = epoch(False)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin_memory)
+    got = epoch(pin)
+    assert len(pinned) == (2 * len(plain) if pin else 0)  # images and labels of every batch
+    for (x, y), (px, py) in zip(plain, got, strict=True):
+        assert torch.equal(x, px) and torch.equal(y, py)

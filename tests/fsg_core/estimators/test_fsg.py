@@ -362,3 +362,24 @@ def test_fsg_with_tanh_fast_net_uses_the_mlp() -> None:
     _step(est, model, opt, 1)
     torch.testing.assert_close(_weight_grads(model), want, rtol=1e-5, atol=1e-12)
     assert "fast_scale" not in est.statistics()
+
+
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
+def test_state_from_a_cpu_checkpoint_lands_on_the_models_device() -> None:
+    """A run resumed on a GPU reads its checkpoint on the CPU; the carried tensors must follow the
+    model (the ``meta`` device stands in for a GPU)."""
+    est_a, model_a, opt_a = _build(seed=0, slow_every=2)
+    for step in range(3):
+        _step(est_a, model_a, opt_a, step)
+    buf = io.BytesIO()
+    torch.save(est_a.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, map_location="cpu", weights_only=True)
+
+    _, model_b, _ = _build(seed=1)
+    model_b.to("meta")
+    est_b = FSG(est_a.params)
+    est_b.setup(list(binary_layers(model_b)))
+    est_b.load_state_dict(state)
+    carried = [est_b.history.buffer, est_b.prev_tilde, est_b._slow_cache]
+    assert all(t is not None and t.device.type == "meta" for t in carried)

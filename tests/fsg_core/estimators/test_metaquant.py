@@ -170,3 +170,24 @@ def test_statistics_report_the_meta_gradient_rms() -> None:
         rms.append(_weight_grads(model).pow(2).mean().sqrt().item())
     assert est.statistics()["meta_grad_rms"] == pytest.approx(sum(rms) / 2, rel=1e-5)
     assert est.statistics() == {}
+
+
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
+def test_state_from_a_cpu_checkpoint_lands_on_the_models_device() -> None:
+    """The carried gradient, ``w~`` and LSTM state follow the model (``meta`` stands in for a GPU)."""
+    est_a, model_a, opt_a = _build("lstmfc", seed=0)
+    for step in range(3):
+        _step(est_a, model_a, opt_a, step)
+    buf = io.BytesIO()
+    torch.save(est_a.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, map_location="cpu", weights_only=True)
+
+    _, model_b, _ = _build("lstmfc", seed=1)
+    model_b.to("meta")
+    est_b = MetaQuant(est_a.params)
+    est_b.setup(list(binary_layers(model_b)))
+    est_b.load_state_dict(state)
+    assert est_b.lstm_state is not None and isinstance(est_b.lstm_state, tuple)
+    carried = [est_b.prev_grad, est_b.prev_tilde, *est_b.lstm_state]
+    assert all(t is not None and t.device.type == "meta" for t in carried)

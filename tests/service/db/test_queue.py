@@ -185,6 +185,20 @@ def test_reap_without_expired_leases_changes_nothing(db: Database, make_job: Mak
     assert _event_count(db) == count
 
 
+def test_reap_leaves_the_callers_own_expired_leases_alone(db: Database, make_job: MakeJob) -> None:
+    # A dispatcher back from a database outage longer than its lease still runs those attempts.
+    own_id = make_job(name="own", age_s=0).id
+    other_id = make_job(name="other", max_retries=1, age_s=1).id
+    assert claim(db, owner="d1", lease_s=1).id == own_id
+    assert claim(db, owner="d2", lease_s=1).id == other_id
+    with db.write() as session:
+        reaped = reap_expired(session, now=utcnow() + timedelta(seconds=60), alive="d1")
+    assert [j.id for j in reaped] == [other_id]
+    own = _job(db, own_id)
+    assert (own.state, own.lease_owner) == (S.dispatching, "d1")
+    assert _job(db, other_id).state == S.queued
+
+
 # -- cancellation --------------------------------------------------------------------------------
 
 

@@ -7,9 +7,10 @@ import json
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import delete, update
 
 from service.db.engine import Database
-from service.db.models import Job, Token, utcnow
+from service.db.models import Job, JobEvent, Token, utcnow
 from service.db.reads import (
     events_after,
     find_token,
@@ -17,11 +18,14 @@ from service.db.reads import (
     get_job,
     jobs_by_state,
     list_checkpoints,
+    list_dispatchers,
     list_jobs,
     list_metrics,
     list_trials,
+    oldest_queued_at,
+    state_events,
 )
-from service.db.records import record_checkpoint, record_metrics, upsert_trial
+from service.db.records import record_checkpoint, record_heartbeat, record_metrics, record_stopped, upsert_trial
 from service.db.states import JobState
 from tests.service.db.conftest import EPOCH, TENANT, MakeJob, claim, move
 
@@ -244,3 +248,76 @@ def test_jobs_by_state_counts_every_state_and_tenant(db: Database, make_job: Mak
     with db.read() as session:
         counts = jobs_by_state(session)
     assert counts == {**dict.fromkeys((s.value for s in JobState), 0), "queued": 2, "dispatching": 1}
+
+
+def _date_events(db: Database, job_id: str, to_state: JobState, at_s: float) -> None:
+    """Set when the job's events to ``to_state`` happened (EPOCH + ``at_s``)."""
+    with db.write() as session:
+        session.execute(
+            update(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.to_state == to_state.value)
+            .values(created_at=EPOCH + timedelta(seconds=at_s))
+        )
+
+
+def test_oldest_queued_at_counts_from_the_latest_entry_into_queued(db: Database, make_job: MakeJob) -> None:
+    with db.read() as session:
+        assert oldest_queued_at(session) is None
+    retried = make_job(age_s=0)
+    waiting = make_job(age_s=1)
+    _date_events(db, retried.id, JobState.queued, 0)
+    _date_events(db, waiting.id, JobState.queued, 20)
+    with db.read() as session:
+        assert oldest_queued_at(session) == EPOCH
+    # ``retried`` (the head of the queue) fails an attempt and is requeued at +30: ``waiting`` is oldest now.
+    claim(db)
+    move(db, retried.id, JobState.retrying, JobState.queued)
+    _date_events(db, retried.id, JobState.queued, 30)
+    with db.read() as session:
+        assert oldest_queued_at(session) == EPOCH + timedelta(seconds=20)
+    # Jobs that left the queue do not count; a queued job without events counts from its created_at.
+    move(db, waiting.id, JobState.cancelled)
+    with db.write() as session:
+        session.execute(delete(JobEvent).where(JobEvent.job_id == retried.id))
+    with db.read() as session:
+        assert oldest_queued_at(session) == EPOCH
+
+
+def test_state_events_are_the_state_changes_in_order(db: Database, make_job: MakeJob) -> None:
+    job = make_job()
+    claim(db)
+    move(db, job.id, JobState.running)
+    with db.write() as session:
+        record_metrics(session, job.id, [{"phase": "binary", "epoch": 1, "val_acc": 0.5}], attempt=1)
+    with db.read() as session:
+        events = state_events(session, job.id)
+    assert [(e.from_state, e.to_state) for e in events] == [
+        (None, "queued"),
+        ("queued", "dispatching"),
+        ("dispatching", "running"),
+    ]
+
+
+def test_list_dispatchers_keeps_recent_running_ones_freshest_first(db: Database) -> None:
+    def beat(owner: str, at_s: float) -> None:
+        with db.write() as session:
+            record_heartbeat(
+                session,
+                owner=owner,
+                hostname="h",
+                pid=1,
+                started_at=EPOCH,
+                running_attempts=0,
+                claims=0,
+                now=EPOCH + timedelta(seconds=at_s),
+            )
+
+    for owner, at_s in [("old", 10), ("fresh", 300), ("stale", 200), ("stopped", 250), ("also-fresh", 300)]:
+        beat(owner, at_s)
+    with db.write() as session:
+        record_stopped(session, "stopped")
+    with db.read() as session:
+        recent = list_dispatchers(session, since=EPOCH + timedelta(seconds=100))
+        assert [d.owner for d in recent] == ["also-fresh", "fresh", "stale"]
+        assert recent[0].heartbeat_at == EPOCH + timedelta(seconds=300)
+        assert [d.owner for d in list_dispatchers(session, since=EPOCH, limit=2)] == ["also-fresh", "fresh"]

@@ -4,6 +4,7 @@ the best flag, checkpoints, summaries, and the events each write appends."""
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -11,17 +12,20 @@ import torch
 from sqlalchemy import func, select
 
 from service.db.engine import Database
-from service.db.models import Job, Metric
+from service.db.models import DispatcherHeartbeat, Job, Metric
 from service.db.reads import events_after, get_job, list_metrics, list_trials
 from service.db.records import (
     json_safe,
     mark_best_trial,
+    prune_heartbeats,
     record_checkpoint,
+    record_heartbeat,
     record_metrics,
+    record_stopped,
     set_summary,
     upsert_trial,
 )
-from tests.service.db.conftest import TENANT, MakeJob
+from tests.service.db.conftest import EPOCH, TENANT, MakeJob
 
 
 def _events(db: Database, job_id: str, kind: str) -> list[dict]:
@@ -219,3 +223,60 @@ def test_summary_is_stored_json_safe_and_replaced_whole(db: Database, make_job: 
         "last10_val_acc": None,
     }
     assert store({"best_val_acc": 0.8}) == {"best_val_acc": 0.8}
+
+
+# --- dispatcher heartbeats --------------------------------------------------------------------------
+
+
+def _beat(db: Database, owner: str, at_s: float, *, running: int = 0, claims: int = 0) -> None:
+    with db.write() as session:
+        record_heartbeat(
+            session,
+            owner=owner,
+            hostname="node-1",
+            pid=4242,
+            started_at=EPOCH,
+            running_attempts=running,
+            claims=claims,
+            now=EPOCH + timedelta(seconds=at_s),
+        )
+
+
+def _heartbeat(db: Database, owner: str) -> DispatcherHeartbeat:
+    with db.read() as session:
+        row = session.get(DispatcherHeartbeat, owner)
+        assert row is not None
+        return row
+
+
+def test_record_heartbeat_inserts_then_updates_one_row(db: Database) -> None:
+    _beat(db, "host:1:abc", 0, running=0, claims=0)
+    _beat(db, "host:1:abc", 5, running=2, claims=3)
+    row = _heartbeat(db, "host:1:abc")
+    assert (row.hostname, row.pid, row.started_at) == ("node-1", 4242, EPOCH)
+    assert row.heartbeat_at == EPOCH + timedelta(seconds=5)
+    assert (row.running_attempts, row.claims, row.stopped_at) == (2, 3, None)
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(DispatcherHeartbeat)) == 1
+
+
+def test_record_stopped_marks_only_that_dispatcher(db: Database) -> None:
+    _beat(db, "a", 0, running=1)
+    _beat(db, "b", 0, running=1)
+    with db.write() as session:
+        assert record_stopped(session, "a", now=EPOCH + timedelta(seconds=7)) is True
+        assert record_stopped(session, "never-beat") is False
+    a, b = _heartbeat(db, "a"), _heartbeat(db, "b")
+    assert (a.stopped_at, a.running_attempts) == (EPOCH + timedelta(seconds=7), 0)
+    assert (b.stopped_at, b.running_attempts) == (None, 1)
+    _beat(db, "a", 10)  # the owner string beats again: running again
+    assert _heartbeat(db, "a").stopped_at is None
+
+
+def test_prune_heartbeats_deletes_only_the_long_silent(db: Database) -> None:
+    _beat(db, "old", 0)
+    _beat(db, "new", 100)
+    with db.write() as session:
+        assert prune_heartbeats(session, older_than=EPOCH + timedelta(seconds=50)) == 1
+    with db.read() as session:
+        assert session.scalars(select(DispatcherHeartbeat.owner)).all() == ["new"]

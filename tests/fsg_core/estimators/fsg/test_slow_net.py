@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import sys
+import types
 import warnings
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -331,3 +334,154 @@ def test_compiled_temporal_slow_net_matches_eager() -> None:
     tokens.requires_grad_(True)
     compiled(history, tokens).sum().backward()
     assert tokens.grad is not None and torch.isfinite(tokens.grad).all()
+
+
+# --- the mamba_ssm fast path, dispatched without a GPU --------------------------------------------
+
+
+def _mamba_selective_scan_ref(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,  # noqa: N803 - mamba_ssm's argument names
+    B: torch.Tensor,  # noqa: N803
+    C: torch.Tensor,  # noqa: N803
+    D: torch.Tensor | None = None,  # noqa: N803
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+) -> torch.Tensor:
+    """mamba_ssm's documented ``selective_scan_fn`` contract, written out one position at a time.
+
+    u, delta, z (batch, dim, L); A (dim, S); B, C (batch, S, L); D, delta_bias (dim,). Returns
+    ``(C_t h_t + D u_t) * SiLU(z_t)`` as (batch, dim, L), with ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t``.
+    """
+    batch, dim, length = u.shape
+    state = A.shape[1]
+    assert delta.shape == (batch, dim, length) and A.shape == (dim, state)
+    assert B.shape == (batch, state, length) and C.shape == (batch, state, length)
+    assert D is not None and D.shape == (dim,) and z is not None and z.shape == (batch, dim, length)
+    assert all(t.is_contiguous() for t in (u, delta, B, C, z)), "the CUDA kernel needs contiguous inputs"
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    h = u.new_zeros(batch, dim, state)
+    ys = []
+    for t in range(length):
+        h = torch.exp(delta[:, :, t, None] * A) * h + (delta[:, :, t] * u[:, :, t])[..., None] * B[:, None, :, t]
+        ys.append((h * C[:, None, :, t]).sum(-1))  # (batch, dim)
+    y = torch.stack(ys, dim=-1) + D[:, None] * u  # (batch, dim, L)
+    return y * F.silu(z)
+
+
+@pytest.fixture
+def fake_mamba(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, object]]]:
+    """A stand-in ``mamba_ssm.ops.selective_scan_interface`` whose kernel is the reference above;
+    returns the list of calls it receives."""
+    from fsg_core.estimators.fsg import slow_net
+
+    calls: list[dict[str, object]] = []
+
+    def selective_scan_fn(*args: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        names = ("u", "delta", "A", "B", "C", "D")
+        calls.append({**dict(zip(names, args, strict=False)), **kwargs})
+        return _mamba_selective_scan_ref(*args, **kwargs)  # type: ignore[arg-type]
+
+    package, ops, interface = (types.ModuleType(n) for n in MAMBA_MODULES)
+    interface.selective_scan_fn = selective_scan_fn  # type: ignore[attr-defined]
+    package.ops, ops.selective_scan_interface = ops, interface  # type: ignore[attr-defined]
+    for module in (package, ops, interface):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    slow_net.has_mamba_kernels.cache_clear()
+    yield calls
+    slow_net.has_mamba_kernels.cache_clear()
+
+
+MAMBA_MODULES = ("mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.selective_scan_interface")
+
+
+def _pretend_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fsg_core.estimators.fsg import slow_net
+
+    monkeypatch.setattr(slow_net, "_is_cuda", lambda t: True)
+
+
+def _kernel_ssm() -> SelectiveSSM:
+    torch.manual_seed(0)
+    # d_inner 8, state 4, sequence 7 below: every transposition mistake changes a shape
+    return SelectiveSSM(1, d_state=4, d_conv=4, expand=8, use_kernels=True)
+
+
+def test_kernel_is_used_on_cuda_with_mamba_and_matches_the_pytorch_scan(fake_mamba, monkeypatch) -> None:
+    ssm = _kernel_ssm()
+    u = torch.randn(3, 7, 1, generator=torch.Generator().manual_seed(4))
+    want, want_last = ssm(u), ssm.forward_last(u)  # the pure-PyTorch path: the tensors are on the CPU
+    assert fake_mamba == []
+    want.pow(2).sum().backward()
+    want_grads = {n: p.grad.clone() for n, p in ssm.named_parameters() if p.grad is not None}
+    ssm.zero_grad()
+
+    _pretend_cuda(monkeypatch)
+    got = ssm(u)
+    assert len(fake_mamba) == 1
+    call = fake_mamba[0]
+    shapes = {k: tuple(v.shape) for k, v in call.items() if isinstance(v, torch.Tensor)}
+    assert shapes == {
+        "u": (3, 8, 7),
+        "delta": (3, 8, 7),
+        "A": (8, 4),
+        "B": (3, 4, 7),
+        "C": (3, 4, 7),
+        "D": (8,),
+        "z": (3, 8, 7),
+        "delta_bias": (8,),
+    }
+    assert call["delta_softplus"] is True
+    torch.testing.assert_close(call["A"], -torch.exp(ssm.A_log))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ssm.forward_last(u), want_last, rtol=1e-5, atol=1e-6)
+    got.pow(2).sum().backward()
+    for name, p in ssm.named_parameters():
+        torch.testing.assert_close(p.grad, want_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_kernel_is_not_used_on_cpu_even_when_mamba_imports(fake_mamba) -> None:
+    ssm = _kernel_ssm()
+    ssm(torch.randn(2, 7, 1))
+    ssm.forward_last(torch.randn(2, 7, 1))
+    assert fake_mamba == []
+
+
+def test_pytorch_scan_on_cuda_without_mamba(monkeypatch) -> None:
+    from fsg_core.estimators.fsg import slow_net
+
+    for name in MAMBA_MODULES:
+        monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules makes the import fail
+    slow_net.has_mamba_kernels.cache_clear()
+    try:
+        assert not slow_net.has_mamba_kernels()
+        ssm = _kernel_ssm()
+        u = torch.randn(2, 7, 1)
+        want = ssm(u)
+        _pretend_cuda(monkeypatch)
+        torch.testing.assert_close(ssm(u), want)  # no ImportError: the scan in PyTorch ran
+    finally:
+        slow_net.has_mamba_kernels.cache_clear()
+
+
+def test_kernels_can_be_switched_off(fake_mamba, monkeypatch) -> None:
+    _pretend_cuda(monkeypatch)
+    torch.manual_seed(0)
+    SelectiveSSM(1, d_state=4, d_conv=4, expand=8, use_kernels=False)(torch.randn(2, 7, 1))
+    assert fake_mamba == []
+
+
+def test_flat_slow_net_runs_through_the_kernel_on_cuda(fake_mamba, monkeypatch) -> None:
+    net = _slow("flat", "ssm")
+    history, tokens = _history()
+    with torch.no_grad():
+        want = net(history, tokens)
+        _pretend_cuda(monkeypatch)
+        got = net(history, tokens)
+    assert len(fake_mamba) == 1 and fake_mamba[0]["u"].shape == (len(SIZES), 8, 1 + K * max(SIZES))  # type: ignore[union-attr]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-9)

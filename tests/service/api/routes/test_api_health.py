@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import socket
+from datetime import timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
 
 from service.api.routes import health
 from service.app import create_app
+from service.db import records
 from service.db.engine import Database
+from service.db.models import JobEvent, utcnow
 from service.settings import Settings
 
 
@@ -77,3 +82,68 @@ def test_prometheus_metrics(client: TestClient, auth: dict[str, str], submit: An
     assert 'fsg_http_requests_total{method="POST",route="/v1/jobs",status="201"} 2.0' in lines
     assert 'fsg_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="404"} 1.0' in lines
     assert any(line.startswith("fsg_http_request_duration_seconds_bucket") for line in lines)
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus exposition as ``{(name, sorted labels): value}``."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _beat(database: Database, owner: str, age_s: float, *, stopped: bool = False) -> None:
+    with database.write() as session:
+        records.record_heartbeat(
+            session,
+            owner=owner,
+            hostname="node",
+            pid=1,
+            started_at=utcnow() - timedelta(hours=3),
+            running_attempts=1,
+            claims=4,
+            now=utcnow() - timedelta(seconds=age_s),
+        )
+        if stopped:
+            records.record_stopped(session, owner)
+
+
+def test_metrics_report_live_and_stale_dispatchers(client: TestClient, database: Database, settings: Settings) -> None:
+    assert settings.heartbeat_s == 5.0  # alive: a heartbeat younger than 15 s
+    _beat(database, "live:1:aaaaaa", 1)
+    _beat(database, "stale:2:bbbbbb", 60)
+    _beat(database, "stopped:3:cccccc", 1, stopped=True)  # a clean shutdown: no series at all
+    _beat(database, "gone:4:dddddd", 2 * 3600)  # crashed long ago: out of the scrape's window
+    samples = _samples(client.get("/metrics").text)
+    ages = {
+        dict(labels)["dispatcher"]: value
+        for (name, labels), value in samples.items()
+        if name == "fsg_dispatcher_heartbeat_age_seconds"
+    }
+    assert set(ages) == {"live:1:aaaaaa", "stale:2:bbbbbb"}
+    assert 1 <= ages["live:1:aaaaaa"] < 15
+    assert 60 <= ages["stale:2:bbbbbb"] < 120
+    assert samples[("fsg_dispatchers_alive", ())] == 1
+    # The live one stops cleanly: its series goes at the next scrape and nothing is alive.
+    with database.write() as session:
+        records.record_stopped(session, "live:1:aaaaaa")
+    samples = _samples(client.get("/metrics").text)
+    assert [
+        dict(labels)["dispatcher"] for name, labels in samples if name == "fsg_dispatcher_heartbeat_age_seconds"
+    ] == ["stale:2:bbbbbb"]
+    assert samples[("fsg_dispatchers_alive", ())] == 0
+
+
+def test_metrics_report_the_oldest_queued_age(client: TestClient, database: Database, submit: Any) -> None:
+    assert _samples(client.get("/metrics").text)[("fsg_queue_oldest_age_seconds", ())] == 0
+    job = submit()
+    submit()
+    with database.write() as session:  # the first job was submitted 100 s ago
+        session.execute(
+            update(JobEvent)
+            .where(JobEvent.job_id == job["id"], JobEvent.to_state == "queued")
+            .values(created_at=utcnow() - timedelta(seconds=100))
+        )
+    age = _samples(client.get("/metrics").text)[("fsg_queue_oldest_age_seconds", ())]
+    assert 100 <= age < 160

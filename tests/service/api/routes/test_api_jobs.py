@@ -319,6 +319,14 @@ def test_bad_list_parameters(
         assert locs(response) == [loc]
 
 
+def test_list_and_submit_document_every_status_they_answer(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "400" in paths["/v1/jobs"]["get"]["responses"]  # a malformed cursor (was undocumented)
+    # 200 is a dry run or an idempotent replay, which returns the job (was documented as the dry run only)
+    replay = paths["/v1/jobs"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert {option["$ref"].rsplit("/", 1)[-1] for option in replay["anyOf"]} == {"DryRunRead", "JobRead"}
+
+
 # --- cancel -------------------------------------------------------------------------------------------------
 
 

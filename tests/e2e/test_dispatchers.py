@@ -1,0 +1,77 @@
+"""Three dispatcher processes on one PostgreSQL queue and one Ray cluster drain a batch of small
+jobs: each runs exactly once, none is lost. (``bench/dispatchers.py`` does the same with 500.)"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import RAY_CPUS, RayHead, run_service, wait_for
+from tests.service.conftest import PostgresServer, postgres_server  # noqa: F401 - the fixture
+
+pytestmark = [pytest.mark.ray, pytest.mark.postgres, pytest.mark.timeout(480)]
+
+JOBS = 24
+
+
+def small_job(seed: int) -> dict[str, Any]:
+    return {
+        "name": f"small-{seed}",
+        "model": {"arch": "resnet20"},
+        "data": {"dataset": "digits", "crop_padding": 1, "flip": False},
+        "estimator": {"name": "ste"},
+        "epochs": 1,
+        "batch_size": 32,
+        "max_steps_per_epoch": 1,
+        "init": {"pretrain_epochs": 0},
+        "seed": seed,
+        "resources": {"num_workers": 1, "executor": "ray_task"},
+    }
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:  # noqa: F811
+    name = postgres_server.create()
+    try:
+        yield postgres_server.url_of(name)
+    finally:
+        postgres_server.drop(name)
+
+
+def test_three_dispatchers_run_every_job_exactly_once(ray_head: RayHead, tmp_path: Path, postgres_url: str) -> None:
+    from sqlalchemy import select
+
+    from service.db.models import Job, JobEvent, Metric
+
+    with run_service(
+        ray_head.address, ray_head.dashboard_url, tmp_path / "fsg", database_url=postgres_url, dispatchers=3
+    ) as svc:
+        client = svc.client()
+        ids = {client.submit(small_job(i))["id"] for i in range(JOBS)}
+        db = svc.database()
+        try:
+
+            def finished() -> bool:
+                with db.read() as session:
+                    states = session.scalars(select(Job.state).where(Job.id.in_(ids))).all()
+                return len(states) == JOBS and all(s in ("succeeded", "failed", "cancelled") for s in states)
+
+            wait_for(finished, 360, f"{JOBS} jobs finish", poll_s=1)
+            with db.read() as session:
+                jobs = session.scalars(select(Job).where(Job.id.in_(ids))).all()
+                events = session.scalars(select(JobEvent).where(JobEvent.job_id.in_(ids))).all()
+                metrics = session.scalars(select(Metric).where(Metric.job_id.in_(ids))).all()
+        finally:
+            db.dispose()
+    assert sorted(j.state for j in jobs) == ["succeeded"] * JOBS
+    assert all(j.attempts == 1 for j in jobs)
+    runs = Counter(e.job_id for e in events if e.kind == "state" and e.to_state == "running")
+    assert runs == Counter(dict.fromkeys(ids, 1))
+    assert all(m.attempt == 1 for m in metrics) and len({m.job_id for m in metrics}) == JOBS
+    claimers = {e.data["owner"] for e in events if e.kind == "state" and e.to_state == "dispatching"}
+    assert len(claimers) >= 2, "the dispatchers shared the queue"
+    wait_for(lambda: ray_head.resources()[0] >= RAY_CPUS, 60, "Ray's CPUs are free again")
