@@ -89,6 +89,9 @@ class Storage:
     def __init__(self, root: str | os.PathLike[str], *, ray_storage: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
         self._ray_storage = Path(ray_storage).expanduser().resolve() if ray_storage else self.root / "ray"
+        # The Ray record, keyed by the file's (mtime, size): every job response names the dashboard,
+        # and a stat costs far less than reading and parsing the note on each request.
+        self._ray_record_cache: tuple[tuple[int, int], dict[str, Any] | None] | None = None
 
     @property
     def roots(self) -> list[Path]:
@@ -130,13 +133,23 @@ class Storage:
             return None
         return record if isinstance(record, dict) else None
 
+    def _cached_ray_record(self) -> dict[str, Any] | None:
+        try:
+            stat = self.ray_record_path().stat()
+        except OSError:
+            return None
+        key = (stat.st_mtime_ns, stat.st_size)
+        if self._ray_record_cache is None or self._ray_record_cache[0] != key:
+            self._ray_record_cache = (key, self.read_ray_record())
+        return self._ray_record_cache[1]
+
     def clear_ray_record(self) -> None:
         self.ray_record_path().unlink(missing_ok=True)
 
     def dashboard_url(self, configured: str | None, default_port: int = 8265) -> str:
         """The Ray dashboard: ``configured`` (``FSG_RAY_DASHBOARD_URL``), else the recorded local Ray's,
         else the local default port."""
-        record = self.read_ray_record() or {}
+        record = self._cached_ray_record() or {}
         url = configured or record.get("dashboard_url") or f"http://127.0.0.1:{default_port}"
         return str(url).rstrip("/")
 

@@ -126,15 +126,17 @@ class HttpMetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        route = ""
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, route
             if message["type"] == "http.response.start":
                 status = message["status"]
-                self.telemetry.latency.labels(scope["method"], route_label(scope)).observe(time.perf_counter() - start)
+                route = route_label(scope)
+                self.telemetry.latency.labels(scope["method"], route).observe(time.perf_counter() - start)
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self.telemetry.requests.labels(scope["method"], route_label(scope), str(status)).inc()
+            self.telemetry.requests.labels(scope["method"], route or route_label(scope), str(status)).inc()

@@ -112,6 +112,7 @@ def resolve_paths(spec: JobSpec, session: Session, tenant: str, settings: Settin
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
+    response_model=JobRead | DryRunRead,
     responses={
         200: {
             "model": DryRunRead | JobRead,
@@ -135,7 +136,7 @@ async def submit_job(
         str | None,
         Header(min_length=1, max_length=256, description="a replay with the same key returns the first job"),
     ] = None,
-) -> JobRead | DryRunRead:
+) -> Response | DryRunRead:
     """Validate a spec and queue it (201), or only validate it with ``?dry_run=true`` (200)."""
 
     def write() -> tuple[JobSpec, Job | None, bool]:
@@ -156,12 +157,11 @@ async def submit_job(
         return DryRunRead(
             spec=resolved.model_dump(mode="json"), cpus=resolved.resources.cpus, gpus=resolved.resources.gpus
         )
+    # Serialised here, once: FastAPI would validate the model again against the response type.
+    body = job_read(job, _dashboard(settings, storage)).model_dump_json()
     if created:
-        response.headers["Location"] = f"/v1/jobs/{job.id}"
-    else:
-        response.status_code = status.HTTP_200_OK
-        response.headers["Idempotent-Replayed"] = "true"
-    return job_read(job, _dashboard(settings, storage))
+        return Response(body, status.HTTP_201_CREATED, {"Location": f"/v1/jobs/{job.id}"}, "application/json")
+    return Response(body, status.HTTP_200_OK, {"Idempotent-Replayed": "true"}, "application/json")
 
 
 @router.get("", responses={**_ERRORS, 400: {"model": ErrorRead, "description": "a malformed or foreign cursor"}})
