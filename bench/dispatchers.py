@@ -26,7 +26,8 @@ from typing import Any
 
 import httpx
 
-from bench.service import _stop, _token, _wait_healthy, free_port
+from bench.service import _stop, _token, free_port
+from service.cli.server import wait_healthy
 
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -117,7 +118,7 @@ def bench(jobs: int, dispatchers: int, database_url: str | None) -> dict[str, An
         api = subprocess.Popen([sys.executable, "-m", "service.cli", "api"], env=env)
         procs.append(api)
         base = f"http://127.0.0.1:{port}"
-        _wait_healthy(base, api)
+        wait_healthy(base, api)
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
             ids = [client.post("/v1/jobs", json=small_job(i)).raise_for_status().json()["id"] for i in range(jobs)]
         logs = [(home / f"dispatcher-{d}.log").open("wb") for d in range(dispatchers)]

@@ -33,6 +33,8 @@ from typing import Any
 
 import httpx
 
+from service.cli.server import wait_healthy
+
 TINY_JOB: dict[str, Any] = {
     "name": "bench",
     "model": {"arch": "resnet20"},
@@ -67,20 +69,6 @@ def free_port() -> int:
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} did not become healthy")
 
 
 def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
@@ -176,7 +164,7 @@ def bench_submit(n: int, concurrency: int, database_url: str | None) -> dict[str
     api = subprocess.Popen([sys.executable, "-m", "service.cli", "api"], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, api)
+        wait_healthy(url, api)
         latencies, ids, elapsed = asyncio.run(_submit_all(url, token, n, concurrency))
         found = _list_all(url, token)
     finally:

@@ -74,6 +74,6 @@ def run_task(ctx: JobContext, spec: JobSpec) -> dict[str, Any]:
     reporter = DatabaseReporter(ctx)
     try:
         fit(spec.train_spec(), reporter, resume=resume, device=device)
+        return job_summary(ctx, db=reporter.db)
     finally:
         reporter.close()
-    return job_summary(ctx)

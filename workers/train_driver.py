@@ -67,8 +67,10 @@ def build_trainer(
     )
 
 
-def job_summary(ctx: JobContext, trial_key: str | None = "") -> dict[str, Any]:
-    """Best and last-10 figures from the metrics the callback wrote, plus the latest packed model."""
+def job_summary(ctx: JobContext, trial_key: str | None = "", db: Any = None) -> dict[str, Any]:
+    """Best and last-10 figures from the metrics the callback wrote, plus the latest packed model.
+
+    ``db``: an open ``Database`` to read through (the caller keeps it); without one, one is opened here."""
     from service.db import reads
     from service.db.engine import Database
 
@@ -81,11 +83,13 @@ def job_summary(ctx: JobContext, trial_key: str | None = "") -> dict[str, Any]:
         ]
         return rows, checkpoints
 
-    db = Database.from_url(ctx.database_url)
+    own = db is None
+    db = Database.from_url(ctx.database_url) if own else db
     try:
         rows, checkpoints = db.retrying(read, within_s=ctx.db_outage_s, write=False)
     finally:
-        db.dispose()
+        if own:
+            db.dispose()
     summary = summarize_rows(rows)  # stored rows: NaN came back as None
     packed = [c for c in checkpoints if c.packed_bytes]
     if packed:

@@ -117,7 +117,7 @@ def run_search(ctx: JobContext, spec: JobSpec) -> dict[str, Any]:
             trial_key = str((result.metrics or {}).get("trial_id", ""))
             if not trial_key:
                 continue  # failed before its first report; Tune logged why
-            summary = job_summary(ctx, trial_key)
+            summary = job_summary(ctx, trial_key, db=db)
             summaries[trial_key] = summary
             value = trial_score(ctx, trial_key, search.metric, search.mode)
             iterations = int(result.metrics.get("training_iteration", 0) or 0)

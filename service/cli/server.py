@@ -57,7 +57,7 @@ def _settings_env(settings: Any) -> dict[str, str]:
     return env
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout_s
@@ -91,7 +91,7 @@ def up(
         [sys.executable, "-m", "service.cli", "api"], env=_settings_env(settings), start_new_session=True
     )
     try:
-        _wait_healthy(settings.resolved_api_url, api)
+        wait_healthy(settings.resolved_api_url, api)
         console.print(f"[green]API[/green] {settings.resolved_api_url}  (docs: {settings.resolved_api_url}/docs)")
         console.print(f"[green]client config[/green] {config} (FSG_HOME={settings.home})")
         console.print(f"[green]database[/green] {settings.resolved_database_url}")

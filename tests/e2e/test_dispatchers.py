@@ -6,31 +6,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from bench.dispatchers import small_job
 from tests.e2e.conftest import RAY_CPUS, RayHead, run_service, wait_for
 from tests.service.conftest import PostgresServer, postgres_server  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.ray, pytest.mark.postgres, pytest.mark.timeout(480)]
 
 JOBS = 24
-
-
-def small_job(seed: int) -> dict[str, Any]:
-    return {
-        "name": f"small-{seed}",
-        "model": {"arch": "resnet20"},
-        "data": {"dataset": "digits", "crop_padding": 1, "flip": False},
-        "estimator": {"name": "ste"},
-        "epochs": 1,
-        "batch_size": 32,
-        "max_steps_per_epoch": 1,
-        "init": {"pretrain_epochs": 0},
-        "seed": seed,
-        "resources": {"num_workers": 1, "executor": "ray_task"},
-    }
 
 
 @pytest.fixture
