@@ -74,6 +74,13 @@ class FSG(LookaheadEstimator):
         chunk_size: int = Field(4096, ge=64, le=2**26, description="coordinates per slow-net chunk")
         compile: bool = Field(True, description="fuse the slow net with torch.compile (eager if it fails)")
         checkpoint: bool = Field(True, description="recompute slow-net chunks in backward (memory O(chunk), not O(N))")
+        kernel: Literal["auto", "fused", "torch"] = Field(
+            "auto",
+            description=(
+                "temporal SSM slow net: fused kernel (C++ on CPU, Triton on CUDA) when it builds, else PyTorch "
+                "with a warning (auto); the kernel or an error (fused); the PyTorch reference (torch)"
+            ),
+        )
 
         @model_validator(mode="after")
         def _sizes_match_preset(self) -> FSG.Params:
@@ -106,8 +113,10 @@ class FSG(LookaheadEstimator):
             compile=p.compile,
             checkpoint=p.checkpoint,
             history_length=p.history,
+            kernel=p.kernel,
             **p.slow_sizes(),
         ).to(device)
+        self.slow.backend(device)  # build the kernel now: a job asking for `fused` fails at setup, not mid-epoch
         self.history = GradientHistory(p.history, sum(self.sizes), device)
         self.prev_tilde: Tensor | None = None
         self._slow_cache: Tensor | None = None
@@ -124,7 +133,7 @@ class FSG(LookaheadEstimator):
 
     def slow_gradient(self) -> Tensor:
         """``s`` for every binary weight, flat (N,); in the graph of S and the LREs."""
-        return self.slow(self.history.ordered(), self.lre())
+        return self.slow(self.history.buffer, self.lre(), order=self.history.order())
 
     def propose(self, calibration: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         p = self.params

@@ -8,7 +8,8 @@ Two sequence layouts (FSG_SPEC §4 step 3):
   ``K n_l + 1`` and the last ``n_l`` outputs are taken. Long sequences: a chunked scan on CPU,
   ``mamba_ssm``'s fused kernel on CUDA when installed.
 
-The selective scan runs in pure PyTorch, so CPU-only machines (CI) train FSG; coordinates are processed
+The temporal SSM runs in a fused kernel (``kernels/``: C++ on the CPU, Triton on CUDA) unless
+``kernel="torch"``; the pure-PyTorch path stays as the reference and the fallback, processing coordinates
 in chunks with activation checkpointing to bound memory.
 """
 
@@ -17,13 +18,15 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from fsg_core.estimators.fsg.kernels import Backend, KernelChoice, resolve, temporal_ssm
 
 __all__ = ["SelectiveSSM", "SlowNet", "has_mamba_kernels"]
 
@@ -218,9 +221,13 @@ class SlowNet(nn.Module):
             back to eager where compilation fails).
         checkpoint: recompute each chunk in backward instead of keeping its activations (memory
             O(chunk) instead of O(N) for a ~30% slower slow net); skipped for tiny models.
+        kernel: ``auto`` (the fused kernel of the device when it builds, else PyTorch with a warning),
+            ``fused`` (the kernel or an error) or ``torch`` (the reference). Only the temporal SSM has a
+            kernel; ``chunk_size``, ``compile`` and ``checkpoint`` apply to the PyTorch path.
     """
 
     layer_index: Tensor  # (N,) the binary layer of every flat coordinate
+    layer_start: Tensor  # (layers + 1,) offset of each layer's first coordinate, then N
 
     def __init__(
         self,
@@ -237,6 +244,7 @@ class SlowNet(nn.Module):
         chunk_size: int = 4096,
         compile: bool = True,
         checkpoint: bool = True,
+        kernel: KernelChoice = "auto",
     ) -> None:
         super().__init__()
         self.sizes = sizes
@@ -247,6 +255,9 @@ class SlowNet(nn.Module):
         self.use_compile = compile
         self.history_length = history_length
         self.checkpoint = checkpoint
+        self.kernel: KernelChoice = kernel
+        self._backend: dict[torch.device, Backend | None] = {}
+        self._orders: dict[tuple[torch.device, tuple[int, ...]], Tensor] = {}
         self._compiled: Any = None
         self._compile_verified = False
         self.ssm: SelectiveSSM | None = None
@@ -258,6 +269,8 @@ class SlowNet(nn.Module):
             self.gru_out = nn.Linear(gru_hidden, 1)
         index = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
         self.register_buffer("layer_index", index, persistent=False)  # (N,)
+        start = torch.tensor([0, *sizes]).cumsum(0)
+        self.register_buffer("layer_start", start, persistent=False)  # (layers + 1,)
 
     def _last(self, seq: Tensor) -> Tensor:
         """(B, L, 1) -> (B,), the last position's output."""
@@ -275,25 +288,60 @@ class SlowNet(nn.Module):
         out, _ = self.gru(seq)
         return self.gru_out(out)[..., 0]
 
-    def layer_scale(self, history: Tensor) -> Tensor:
+    def layer_scale(self, history: Tensor, rows: Sequence[int] | None = None) -> Tensor:
         """Per-layer RMS over the whole history window, (num_layers,); ones without normalisation.
 
         The window, not the newest gradient alone: one vanishing gradient must not blow up the
-        normalised values of the others.
+        normalised values of the others. ``rows``: the rows of ``history`` in the window (default all).
         """
         if not self.normalize:
             return history.new_ones(len(self.sizes))
-        squares = history.pow(2).mean(0)  # (N,)
+        rows = range(history.shape[0]) if rows is None else rows
+        # Summed oldest first, one row at a time: the same bits wherever the ring buffer's head is
+        # (a resumed run's ring starts at row 0), and no gathered copy of the window.
+        squares = history[rows[0]].square()  # (N,)
+        for r in rows[1:]:
+            squares.addcmul_(history[r], history[r])
+        squares = squares / len(rows)
         sums = history.new_zeros(len(self.sizes)).index_add_(0, self.layer_index, squares)
         sizes = torch.tensor(self.sizes, device=history.device, dtype=history.dtype)
         return (sums / sizes).sqrt().clamp_min(1e-12)
 
-    def forward(self, history: Tensor, tokens: Tensor) -> Tensor:
-        """history (k, N) oldest first and layer tokens (num_layers, 1) -> s (N,)."""
-        scale = self.layer_scale(history)  # (num_layers,)
+    def backend(self, device: torch.device) -> Backend | None:
+        """The fused kernel used on ``device`` (None: the PyTorch path), resolved once per device.
+
+        Raises:
+            KernelUnavailableError: ``kernel="fused"`` and no kernel runs on ``device``.
+        """
+        if self.layout != "temporal" or self.ssm is None:
+            return None
+        if device not in self._backend:
+            self._backend[device] = resolve(self.kernel, device)
+        return self._backend[device]
+
+    def _order(self, rows: Sequence[int], device: torch.device) -> Tensor:
+        key = (device, tuple(rows))
+        if key not in self._orders:  # a ring buffer of K rows has K orders once full: no copy per step
+            self._orders[key] = torch.tensor(list(rows), dtype=torch.long, device=device)
+        return self._orders[key]
+
+    def forward(self, history: Tensor, tokens: Tensor, order: Sequence[int] | None = None) -> Tensor:
+        """history (K, N) and layer tokens (num_layers, 1) -> s (N,).
+
+        ``order``: the rows of ``history`` to read, oldest first (default: every row, in order), so
+        that a ring buffer is read in place.
+        """
+        rows = list(range(history.shape[0])) if order is None else list(order)
+        scale = self.layer_scale(history, rows)  # (num_layers,)
+        backend = self.backend(history.device)
+        if backend is not None:
+            assert self.ssm is not None
+            index = self._order(rows, history.device)
+            return temporal_ssm(backend, self.ssm, history, index, self.layer_start, scale, tokens)
+        ordered = history if rows == list(range(history.shape[0])) else history[rows]
         if self.layout == "temporal":
-            return self._temporal(history, tokens, scale)
-        return self._flat(history, tokens, scale)
+            return self._temporal(ordered, tokens, scale)
+        return self._flat(ordered, tokens, scale)
 
     def _chunk_fn(self, full_history: bool) -> Callable[[Tensor], Tensor]:
         """The per-chunk function: compiled once the history is full (one shape, one compilation;

@@ -320,8 +320,8 @@ def test_chunk_of_one_coordinate_matches_unchunked() -> None:
 @pytest.mark.slow
 def test_compiled_temporal_slow_net_matches_eager() -> None:
     torch.manual_seed(0)
-    eager = SlowNet(list(SIZES), compile=False, history_length=K, chunk_size=64, d_state=4, expand=8)
-    compiled = SlowNet(list(SIZES), compile=True, history_length=K, chunk_size=64, d_state=4, expand=8)
+    eager = SlowNet(list(SIZES), compile=False, history_length=K, chunk_size=64, d_state=4, expand=8, kernel="torch")
+    compiled = SlowNet(list(SIZES), compile=True, history_length=K, chunk_size=64, d_state=4, expand=8, kernel="torch")
     compiled.load_state_dict(eager.state_dict())
     history, tokens = _history()
     with warnings.catch_warnings():
