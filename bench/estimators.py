@@ -12,9 +12,9 @@ batch 128), where the base network costs what it costs on CIFAR (FSG_SPEC §7: o
 base step is ~16x cheaper and every hypernetwork looks expensive).
 
 Every run is its own process, so peak memory and torch.compile caches don't leak between runs.
-Step times are medians over the measured steps of normal runs (on CUDA, from events recorded after
-the loop's per-step synchronize). Memory comes from separate short runs
-with glibc's mmap threshold lowered so that the resident set follows live memory: the peak resident
+Step times are means over the measured steps of normal runs (the median is kept beside it in the JSON:
+it hides the expensive steps of ``slow_every`` > 1); on CUDA they come from events. Memory comes from
+separate short runs with glibc's mmap threshold lowered so that the resident set follows live memory: the peak resident
 set growth during the measured epoch (``VmHWM`` after a reset through ``/proc/self/clear_refs``,
 minus the resident set before it), or on a GPU the CUDA allocator's peak during the measured epoch
 (``max_memory_allocated`` after ``reset_peak_memory_stats``: weights, optimizer and estimator state included).
@@ -116,7 +116,7 @@ def measure_run(spec_json: str, measure_from_epoch: int) -> dict[str, Any]:
             if phase == "binary" and measure_from_epoch == 0:
                 self._start()
 
-        def on_step(self, phase: str, epoch: int, step: int, loss: float) -> None:
+        def on_step(self, phase: str, epoch: int, step: int, loss: Any) -> None:
             if cuda:
                 now: Any = torch.cuda.Event(enable_timing=True)
                 now.record()
@@ -147,7 +147,10 @@ def measure_run(spec_json: str, measure_from_epoch: int) -> dict[str, Any]:
     return {
         "summary": result.summary,
         "history": result.history,
-        "step_time_s": statistics.median(step_times) if step_times else None,
+        # The mean is what a user pays; a median hides the expensive steps (slow_every > 1).
+        "step_time_s": statistics.fmean(step_times) if step_times else None,
+        "step_time_median_s": statistics.median(step_times) if step_times else None,
+        "step_times_s": step_times,
         "peak_mem_bytes": max(meter.peaks) if meter.peaks else None,
     }
 
@@ -190,6 +193,7 @@ def measure_cost(
     sized = run_child(spec, measure_from_epoch, threads, memory=True) if memory_run else timed
     return {
         "step_time_s": timed.get("step_time_s"),
+        "step_time_median_s": timed.get("step_time_median_s"),
         "peak_mem_bytes": sized.get("peak_mem_bytes"),
         **({"error": timed["error"]} if "error" in timed else {}),
     }

@@ -53,10 +53,13 @@ class Binarizer:
             return t / t.detach().abs().max().clamp_min(_EPS)
         return w
 
-    def tilde(self, w: Tensor) -> Tensor:
-        """``w~``, the hypernetworks' input: dorefa's value in [0, 1]; ``W`` itself for bwn."""
+    def tilde(self, w: Tensor, latent: Tensor | None = None) -> Tensor:
+        """``w~``, the hypernetworks' input: dorefa's value in [0, 1]; ``W`` itself for bwn.
+
+        ``latent``: ``latent(w)`` when the caller has it already (saves a tanh over the layer).
+        """
         if self.kind == "dorefa":
-            return self.latent(w) * 0.5 + 0.5
+            return (self.latent(w) if latent is None else latent) * 0.5 + 0.5
         return w
 
     def calibration(self, w: Tensor) -> Tensor:
@@ -122,11 +125,25 @@ class BinaryLayer(nn.Module):
         x = self.binarizer.latent(w)
         signs = self.estimator.binarize(x)
         if self.capture and torch.is_grad_enabled():
-            self.last_tilde = self.binarizer.tilde(w).detach()
+            self.last_tilde = self.binarizer.tilde(w.detach(), x.detach())
             if signs.requires_grad:
                 signs.register_hook(self._store_grad)
         scale = self.binarizer.scale(w)
         return signs if scale is None else signs * scale
+
+    @torch.no_grad()
+    def sign_bits(self) -> Tensor:
+        """Which binary weights are +1 now (bool, shaped like ``weight``), for the flip rate.
+
+        Both binarizers keep the sign of ``W`` (dorefa's tanh is odd and increasing, its max positive), so
+        for an estimator whose forward is ``sign(x)`` this is ``W >= 0``, with no tanh; an estimator with
+        another forward (BiPer's ``sign(sin(w x))``) is asked for its real binary weight.
+        """
+        if not self.binarize_weights or self.estimator is None:
+            return self.weight >= 0
+        if self.estimator.forward_is_sign:
+            return self.weight >= 0
+        return self.binary_weight() >= 0
 
     def binary_input(self, x: Tensor) -> Tensor:
         if self.binarize_activations and self.act_estimator is not None:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from fsg_core.checkpoint import save_checkpoint
 
 __all__ = ["FileReporter", "MultiReporter", "Reporter", "TqdmReporter"]
@@ -32,8 +34,10 @@ class Reporter:
     def on_phase(self, phase: str, epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
         """A phase (``pretrain`` or ``binary``) starts."""
 
-    def on_step(self, phase: str, epoch: int, step: int, loss: float) -> None:
-        """One optimisation step finished (``loss`` is this rank's batch loss)."""
+    def on_step(self, phase: str, epoch: int, step: int, loss: Tensor) -> None:
+        """One optimisation step finished. ``loss`` is this rank's batch loss, a 0-dim tensor on the
+        training device: reading it (``float(loss)``) waits for a GPU to finish the step, so do it
+        only as often as it is shown."""
 
     def report(self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
         """An epoch finished with ``metrics``; ``checkpoint`` is the state to persist, or None."""
@@ -56,7 +60,7 @@ class MultiReporter(Reporter):
         for r in self.reporters:
             r.on_phase(phase, epochs, steps_per_epoch, start_epoch)
 
-    def on_step(self, phase: str, epoch: int, step: int, loss: float) -> None:
+    def on_step(self, phase: str, epoch: int, step: int, loss: Tensor) -> None:
         for r in self.reporters:
             r.on_step(phase, epoch, step, loss)
 
@@ -139,12 +143,12 @@ class TqdmReporter(Reporter):
             dynamic_ncols=True,
         )
 
-    def on_step(self, phase: str, epoch: int, step: int, loss: float) -> None:
+    def on_step(self, phase: str, epoch: int, step: int, loss: Tensor) -> None:
         if self.bar is None:
             return
         self.bar.update(1)
         if step % 10 == 0:
-            post = {"epoch": f"{epoch + 1}/{self.epochs}", "loss": f"{loss:.3f}"}
+            post = {"epoch": f"{epoch + 1}/{self.epochs}", "loss": f"{float(loss):.3f}"}
             post.update({k: f"{v:.3f}" for k, v in self.last.items()})
             self.bar.set_postfix(post, refresh=False)
 

@@ -58,6 +58,8 @@ class Estimator:
     Params: ClassVar[type[EstimatorParams]]
     name: ClassVar[str]
     learned: ClassVar[bool] = False
+    # Whether the forward value is sign(x) (True for all but BiPer): the flip rate then reads W's signs.
+    forward_is_sign: ClassVar[bool] = True
     # A short citation; the CLI listing shows it.
     reference: ClassVar[str] = ""
 

@@ -25,6 +25,7 @@ class BiPer(ClosedFormEstimator):
     """
 
     reference = "Vargas et al. 2024 (BiPer)"
+    forward_is_sign = False
 
     class Params(EstimatorParams):
         name: Literal["biper"] = "biper"

@@ -31,6 +31,7 @@ class LookaheadEstimator(LearnedEstimator):
         self.sizes: list[int] = []
         self.meta_optimizers: list[torch.optim.Optimizer] = []
         self.steps = 0
+        self.stats_every = 1
         self._pending: list[Tensor] | None = None
         self._sums: dict[str, Tensor] = {}
         self._count = 0
@@ -44,8 +45,12 @@ class LookaheadEstimator(LearnedEstimator):
         """Whether a previous gradient exists, i.e. whether this step can look ahead."""
         raise NotImplementedError
 
-    def propose(self, calibration: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Return (direction in the graph, detached base gradient, statistics), all flat (N,)."""
+    def propose(self, calibration: Tensor, stats: bool = True) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Return (direction in the graph, detached base gradient, statistics), all flat (N,).
+
+        ``stats``: whether this step's statistics are wanted (every ``stats_every`` steps; each is a
+        reduction over every binary weight); otherwise return an empty dict.
+        """
         raise NotImplementedError
 
     def observe(self, grads: Tensor, tildes: Tensor) -> None:
@@ -66,7 +71,14 @@ class LookaheadEstimator(LearnedEstimator):
         self.sizes = [layer.weight.numel() for _, layer in self.layers]
         for _, layer in self.layers:
             layer.capture = True
-        self.build(self.layers[0][1].weight.device)
+        device = self.layers[0][1].weight.device
+        self.stats_every = int(getattr(self.params, "stats_every", 1))
+        self._layer_index = torch.repeat_interleave(
+            torch.arange(len(self.sizes), device=device),
+            torch.tensor(self.sizes, device=device),
+            output_size=sum(self.sizes),
+        )  # (N,) the layer of every flat coordinate
+        self.build(device)
 
     def meta_parameters(self) -> list[nn.Parameter]:
         return [p for module in self.meta_modules() for p in module.parameters()]
@@ -79,20 +91,39 @@ class LookaheadEstimator(LearnedEstimator):
             part.view_as(layer.weight) for part, (_, layer) in zip(flat.split(self.sizes), self.layers, strict=True)
         ]
 
+    def _calibration(self, weights: Tensor) -> Tensor:
+        """``c = ∂x/∂W`` of every binary weight, flat (N,), from the flat weights.
+
+        For dorefa, ``(1 - tanh² W) / max_l |tanh W|``: a handful of ops over all layers at once (one
+        tanh, one segmented max) instead of the same ops per layer; the values are the per-layer ones.
+        """
+        kinds = {layer.binarizer.kind for _, layer in self.layers}
+        if kinds == {"bwn"}:
+            return torch.ones_like(weights)
+        if kinds != {"dorefa"}:  # mixed binarizers: layer by layer
+            return self._flat([layer.binarizer.calibration(layer.weight) for _, layer in self.layers])
+        t = torch.tanh(weights)
+        peak = t.abs().new_zeros(len(self.sizes)).scatter_reduce_(0, self._layer_index, t.abs(), "amax")
+        return (1.0 - t * t) / peak.clamp_min(1e-12)[self._layer_index]
+
     def before_forward(self, lr: float) -> None:
         self._pending = None
         if not self.ready():
             return
         with torch.no_grad():
-            c = self._flat([layer.binarizer.calibration(layer.weight) for _, layer in self.layers])
-        direction, base, stats = self.propose(c)
-        for (_, layer), d in zip(self.layers, self._split(direction), strict=True):
-            layer.lookahead = layer.weight.detach() - lr * d
+            weights = self._flat([layer.weight.detach() for _, layer in self.layers])  # (N,), one buffer
+            c = self._calibration(weights)
+        want_stats = self.steps % self.stats_every == 0
+        direction, base, stats = self.propose(c, want_stats)
+        lookahead = weights - lr * direction  # (N,), in the graph of the hypernetworks
+        for (_, layer), w in zip(self.layers, self._split(lookahead), strict=True):
+            layer.lookahead = w
         self._pending = self._split(base)
-        for key, value in stats.items():
-            # Summed as tensors: a float() per step would synchronise the GPU every step.
-            self._sums[key] = self._sums[key] + value.detach() if key in self._sums else value.detach()
-        self._count += 1
+        if want_stats:
+            for key, value in stats.items():
+                # Summed as tensors: a float() per step would synchronise the GPU every step.
+                self._sums[key] = self._sums[key] + value.detach() if key in self._sums else value.detach()
+            self._count += 1
 
     def after_backward(self, group: Any = None) -> bool:
         grads = []

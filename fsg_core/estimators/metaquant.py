@@ -35,6 +35,9 @@ class MetaQuant(LookaheadEstimator):
         hidden: int = Field(100, ge=1, le=4096, description="hidden width (lstmfc: LSTM state size)")
         activation: Literal["none", "relu", "tanh"] = Field("none", description="fcgrad/multifc hidden activation")
         meta_lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate of the meta network")
+        stats_every: int = Field(
+            4, ge=1, le=10_000, description="steps between samples of the epoch statistics (meta_grad_rms)"
+        )
 
     params: Params
 
@@ -57,7 +60,7 @@ class MetaQuant(LookaheadEstimator):
     def ready(self) -> bool:
         return self.prev_grad is not None
 
-    def propose(self, calibration: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def propose(self, calibration: Tensor, stats: bool = True) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         assert self.prev_grad is not None and self.prev_tilde is not None
         g, tilde = self.prev_grad, self.prev_tilde
         if self.params.variant == "fcgrad":
@@ -70,7 +73,7 @@ class MetaQuant(LookaheadEstimator):
             m = g * out
         direction = calibration * m
         base = direction.detach()
-        return direction, base, {"meta_grad_rms": base.pow(2).mean().sqrt()}
+        return direction, base, ({"meta_grad_rms": base.pow(2).mean().sqrt()} if stats else {})
 
     def observe(self, grads: Tensor, tildes: Tensor) -> None:
         self.prev_grad, self.prev_tilde = grads, tildes

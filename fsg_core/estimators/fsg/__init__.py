@@ -70,6 +70,9 @@ class FSG(LookaheadEstimator):
         meta_lr_fast: float = Field(1e-2, gt=0, le=1, description="Adam lr of the fast net")
         meta_lr_slow: float = Field(1e-3, gt=0, le=1, description="Adam lr of the slow net and the LREs")
         slow_every: int = Field(1, ge=1, le=10_000, description="recompute the slow gradient every m steps")
+        stats_every: int = Field(
+            4, ge=1, le=10_000, description="steps between samples of the epoch statistics (fast_rms, slow_rms, ...)"
+        )
         normalize: bool = Field(True, description="feed the slow net per-layer RMS-normalised gradients")
         chunk_size: int = Field(4096, ge=64, le=2**26, description="coordinates per slow-net chunk")
         compile: bool = Field(True, description="fuse the slow net with torch.compile (eager if it fails)")
@@ -135,7 +138,7 @@ class FSG(LookaheadEstimator):
         """``s`` for every binary weight, flat (N,); in the graph of S and the LREs."""
         return self.slow(self.history.buffer, self.lre(), order=self.history.order())
 
-    def propose(self, calibration: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def propose(self, calibration: Tensor, stats: bool = True) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         p = self.params
         assert self.prev_tilde is not None
         g = self.history.latest()
@@ -148,14 +151,16 @@ class FSG(LookaheadEstimator):
         cf = calibration * f
         direction = p.alpha * s + (1.0 - p.alpha) * cf
         base = cf.detach() if p.update == "fast" else direction.detach()
-        stats = {
+        if not stats:
+            return direction, base, {}
+        figures = {
             "fast_rms": cf.detach().pow(2).mean().sqrt(),
             "slow_rms": s.detach().pow(2).mean().sqrt(),
             "fast_slow_cos": torch.nn.functional.cosine_similarity(cf.detach(), s.detach(), dim=0),
         }
         if p.fast_activation == "none":
-            stats["fast_scale"] = self.fast.scale().detach()
-        return direction, base, stats
+            figures["fast_scale"] = self.fast.scale().detach()
+        return direction, base, figures
 
     def observe(self, grads: Tensor, tildes: Tensor) -> None:
         self.history.push(grads)

@@ -276,7 +276,7 @@ def test_state_round_trip_reproduces_the_next_step(update: str, slow_every: int)
 
 
 def test_statistics_are_finite_means_and_reset() -> None:
-    est, model, opt = _build(update="fast")
+    est, model, opt = _build(update="fast", stats_every=1)
     _step(est, model, opt, 0)
     assert est.statistics() == {}  # no look-ahead step yet
     rms, scales = [], []
@@ -291,6 +291,17 @@ def test_statistics_are_finite_means_and_reset() -> None:
     assert stats["fast_scale"] == pytest.approx(sum(scales) / 3, rel=1e-5)
     assert stats["slow_rms"] > 0
     assert est.statistics() == {}
+
+
+def test_statistics_sample_every_n_steps() -> None:
+    est, model, opt = _build(update="fast", stats_every=2)
+    _step(est, model, opt, 0)  # est.steps 0 -> 1, no look-ahead
+    rms = {}
+    for step in (1, 2, 3, 4):
+        _step(est, model, opt, step)
+        rms[step] = _weight_grads(model).pow(2).mean().sqrt().item()
+    # look-ahead steps run with est.steps 1, 2, 3, 4: sampled where steps % 2 == 0, i.e. at steps 2 and 4
+    assert est.statistics()["fast_rms"] == pytest.approx((rms[2] + rms[4]) / 2, rel=1e-5)
 
 
 # --- the fast net ---------------------------------------------------------------------------------

@@ -162,7 +162,7 @@ def test_state_round_trip_reproduces_the_next_step(variant: str) -> None:
 
 
 def test_statistics_report_the_meta_gradient_rms() -> None:
-    est, model, opt = _build("multifc")
+    est, model, opt = _build("multifc", stats_every=1)
     _step(est, model, opt, 0)
     rms = []
     for step in (1, 2):

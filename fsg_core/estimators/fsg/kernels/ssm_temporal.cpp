@@ -32,7 +32,8 @@
 namespace {
 
 constexpr int V = 16;  // lanes: coordinates processed together (one AVX-512 register of floats)
-constexpr int MAX_STATE = 256;  // d_state's bound in FSG.Params
+constexpr int MAX_STATE = 256;   // d_state's bound in FSG.Params
+constexpr int MAX_HISTORY = 64;  // history's bound in FSG.Params
 
 // ------------------------------------------------------------------------------------------------ math
 // One `Vec<T>` holds the V lanes; GCC's vector extensions compile it to whole registers (one zmm for
@@ -379,49 +380,60 @@ struct Tile {
         g[L.A + d * S + s] += gA_l[s];
       }
     }
-    // C = wx[1+S:] x_{k-1}
-    for (int64_t s = 0; s < S; ++s) {
-      const T* row = w.wx + (1 + S + s) * D;
-      for (int64_t d = 0; d < D; ++d) {
-        g[L.wx + (1 + S + s) * D + d] += dC[s] * x[(k - 1) * D + d];
-        dx[(k - 1) * D + d] += dC[s] * row[d];
-      }
-    }
-    for (int64_t t = 0; t < k; ++t) {
-      // dt = softplus(wdt dtr + bdt)
-      vec ddtr = vec{};
-      for (int64_t d = 0; d < D; ++d) {
+    // dt = softplus(wdt dtr + bdt): d(dtr) per position, wdt and bdt summed over positions
+    vec ddtr[KC ? KC : MAX_HISTORY];
+    for (int64_t t = 0; t < k; ++t) ddtr[t] = vec{};
+    for (int64_t d = 0; d < D; ++d) {
+      vec gw = vec{}, gb = vec{};
+      for (int64_t t = 0; t < k; ++t) {
         const vec dv = ddt[t * D + d] * sgdt[t * D + d];
-        g[L.wdt + d] += dv * dtr[t];
-        g[L.bdt + d] += dv;
-        ddtr += dv * w.wdt[d];
+        gw += dv * dtr[t];
+        gb += dv;
+        ddtr[t] += dv * w.wdt[d];
       }
-      // dtr and B rows of wx
-      for (int64_t r = 0; r < 1 + S; ++r) {
-        const vec src = r == 0 ? ddtr : dB[t * S + r - 1];
-        const T* row = w.wx + r * D;
-        for (int64_t d = 0; d < D; ++d) {
-          g[L.wx + r * D + d] += src * x[t * D + d];
-          dx[t * D + d] += src * row[d];
-        }
-      }
+      g[L.wdt + d] += gw;
+      g[L.bdt + d] += gb;
     }
-    // SiLU, then the conv
-    for (int64_t t = 0; t < k; ++t) {
-      const int64_t taps = std::min<int64_t>(t + 1, dconv);
-      for (int64_t d = 0; d < D; ++d) {
-        const vec sg = sgx[t * D + d];
-        const vec dxc = dx[t * D + d] * sg * (T(1) + xc[t * D + d] * (T(1) - sg));
-        g[L.convb + d] += dxc;
-        g[L.tok + t * D + d] += dxc;
-        vec gwin = vec{};
-        for (int64_t j = 0; j < taps; ++j) {
-          const vec du = dxc * u[t - j];
-          g[L.taps + d * dconv + j] += du * w.win_x[d];
-          gwin += du * w.taps[d * dconv + j];
+    // x feeds dtr (row 0 of wx), B (rows 1..S, every position) and C (rows 1+S.., the last position)
+    for (int64_t d = 0; d < D; ++d) {
+      for (int64_t r = 0; r < 1 + S; ++r) {
+        const T c = w.wx[r * D + d];
+        vec gr = vec{};
+        for (int64_t t = 0; t < k; ++t) {
+          const vec src = r == 0 ? ddtr[t] : dB[t * S + r - 1];
+          gr += src * x[t * D + d];
+          dx[t * D + d] += src * c;
         }
-        g[L.win_x + d] += gwin;
+        g[L.wx + r * D + d] += gr;
       }
+      const vec xl = x[(k - 1) * D + d];
+      vec dxl = vec{};
+      for (int64_t s = 0; s < S; ++s) {
+        g[L.wx + (1 + S + s) * D + d] += dC[s] * xl;
+        dxl += dC[s] * w.wx[(1 + S + s) * D + d];
+      }
+      dx[(k - 1) * D + d] += dxl;
+    }
+    // SiLU, then the conv: taps[d, j] weighs u_{t-j} in xc_t
+    for (int64_t d = 0; d < D; ++d) {
+      vec dxc[KC ? KC : MAX_HISTORY];
+      vec gcb = vec{};
+      for (int64_t t = 0; t < k; ++t) {
+        const vec sg = sgx[t * D + d];
+        dxc[t] = dx[t * D + d] * sg * (T(1) + xc[t * D + d] * (T(1) - sg));
+        gcb += dxc[t];
+        g[L.tok + t * D + d] += dxc[t];
+      }
+      g[L.convb + d] += gcb;
+      vec gwin = vec{};
+      const int64_t taps = std::min<int64_t>(k, dconv);
+      for (int64_t j = 0; j < taps; ++j) {
+        vec acc = vec{};
+        for (int64_t t = j; t < k; ++t) acc += dxc[t] * u[t - j];
+        g[L.taps + d * dconv + j] += acc * w.win_x[d];
+        gwin += acc * w.taps[d * dconv + j];
+      }
+      g[L.win_x + d] += gwin;
     }
   }
 #undef FSG_SIZES
@@ -471,6 +483,7 @@ void check_inputs(const at::Tensor& hist, const at::Tensor& order, const at::Ten
   TORCH_CHECK(layer_start.scalar_type() == at::kLong && layer_start.dim() == 1, "layer_start: (layers+1,) int64");
   TORCH_CHECK(p.size() == 12, "expected 12 weight tensors");
   TORCH_CHECK(p[7].dim() == 2 && p[7].size(1) <= MAX_STATE, "d_state above 256 is not supported by the kernel");
+  TORCH_CHECK(order.numel() <= MAX_HISTORY, "a history longer than 64 is not supported by the kernel");
   const int64_t layers = layer_start.size(0) - 1;
   TORCH_CHECK(scale.numel() == layers, "scale: one value per layer");
   for (const auto& t : p) {

@@ -1,0 +1,213 @@
+"""What FSG costs next to STE: mean and median step time and peak memory, measured side by side.
+
+    python -m bench.fsg_cost [--quick] [--reps N] [--json FILE] [--markdown] [--only a,b]
+
+W1A32 ResNet-20 through the real training loop (``fit``), on two inputs: CIFAR-shaped synthetic
+batches (3x32x32, batch 128) and scikit-learn's digits (1x8x8, batch 64). Variants: STE; FSG ``lite``
+and ``paper`` with ``slow_every`` 1 and 4 (fused kernel); FSG ``lite`` on the PyTorch path
+(``kernel: torch``, the reference). Each run is its own process; the variants run in turns, ``--reps``
+rounds of them, so that a slow minute of the machine lands on all of them. Step times are every
+measured step of every round (a warm-up epoch excluded: FSG's history fills and torch.compile runs
+there; the first step of each epoch, after an evaluation, too): the **mean** is what a user pays, the
+median is shown beside it (with ``slow_every`` > 1 it shows only the cheap steps). Peak memory comes from
+a separate run per variant (``bench.estimators`` says how). Ratios are to STE on the same input.
+
+What it cannot see: the first epoch (kernel build, compilation), evaluation, data loading beyond the
+loop's own, and other processes on the machine. Prints tables; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.estimators import _MarkdownTable, cifar_cost_spec, run_child
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "ste": {"name": "ste"},
+    "fsg": {"name": "fsg"},
+    "fsg_every4": {"name": "fsg", "slow_every": 4},
+    "fsg_paper": {"name": "fsg", "preset": "paper"},
+    "fsg_paper_every4": {"name": "fsg", "preset": "paper", "slow_every": 4},
+    "fsg_torch": {"name": "fsg", "kernel": "torch"},
+}
+# Measured steps per round: the paper preset on a CPU takes seconds a step.
+STEPS = {"cifar": 10, "digits": 16}
+PAPER_STEPS = {"cifar": 4, "digits": 6}
+WARMUP_STEPS = 6  # FSG's history fills in 5 steps; the compiled PyTorch path compiles at the 6th
+
+
+def digits_cost_spec(estimator: dict[str, Any], steps: int, epochs: int) -> dict[str, Any]:
+    """A W1A32 ResNet-20 run on the real digits data (8x8, batch 64) whose epochs are ``steps`` steps."""
+    return {
+        "model": {"arch": "resnet20"},
+        "data": {"dataset": "digits", "crop_padding": 1, "flip": False, "val_fraction": 0.0, "test_fraction": 0.05},
+        "estimator": estimator,
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        "schedule": {"kind": "constant", "milestones": []},
+        "epochs": epochs,
+        "batch_size": 64,
+        "max_steps_per_epoch": steps,
+        "seed": 0,
+    }
+
+
+def spec_for(shape: str, estimator: dict[str, Any], steps: int) -> tuple[dict[str, Any], int]:
+    """The run and the epoch from which it is measured (warm-up epochs hold at least WARMUP_STEPS steps)."""
+    warmup = -(-WARMUP_STEPS // steps)
+    if shape == "cifar":
+        return cifar_cost_spec(estimator, steps, epochs=warmup + 1), warmup
+    return digits_cost_spec(estimator, steps, warmup + 1), warmup
+
+
+def measure(shape: str, names: list[str], reps: int, threads: int, quick: bool, log: Any) -> dict[str, Any]:
+    times: dict[str, list[float]] = {n: [] for n in names}
+    errors: dict[str, str] = {}
+    memory: dict[str, int | None] = {}
+    for rep in range(reps):
+        for name in names:
+            if name in errors:
+                continue
+            steps = (PAPER_STEPS if "paper" in name else STEPS)[shape] // (2 if quick else 1)
+            spec, warmup = spec_for(shape, VARIANTS[name], max(steps, 2))
+            t0 = time.time()
+            res = run_child(spec, warmup, threads)
+            if "error" in res:
+                errors[name] = res["error"]
+                log(f"  {shape} {name}: {res['error']}")
+                continue
+            times[name].extend(res["step_times_s"])
+            log(f"  {shape} {name:17s} round {rep + 1}: mean {statistics.fmean(res['step_times_s']) * 1e3:.1f} ms "
+                f"({time.time() - t0:.0f}s)")  # fmt: skip
+    for name in names:
+        if name in errors:
+            continue
+        steps = (PAPER_STEPS if "paper" in name else STEPS)[shape] // (2 if quick else 1)
+        spec, warmup = spec_for(shape, VARIANTS[name], max(steps, 2))
+        memory[name] = run_child(spec, warmup, threads, memory=True).get("peak_mem_bytes")
+        log(f"  {shape} {name:17s} peak memory {memory[name]}")
+    rows = {}
+    for name in names:
+        if name in errors:
+            rows[name] = {"error": errors[name]}
+            continue
+        ts = times[name]
+        rows[name] = {
+            "step_time_s": statistics.fmean(ts),
+            "step_time_median_s": statistics.median(ts),
+            "steps_measured": len(ts),
+            "peak_mem_bytes": memory.get(name),
+        }
+    base = rows.get("ste", {})
+    for row in rows.values():
+        for key, ratio_key in (("step_time_s", "step_time_vs_ste"), ("peak_mem_bytes", "peak_mem_vs_ste")):
+            if row.get(key) and base.get(key):
+                row[ratio_key] = row[key] / base[key]
+    return rows
+
+
+def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's CPU goals, each with its measured ratio and whether it is met."""
+
+    def row(shape: str, name: str) -> dict[str, Any]:
+        return result["shapes"].get(shape, {}).get(name, {})
+
+    checks = [
+        ("CIFAR shape, lite, slow_every 1: mean step <= 1.2x STE", row("cifar", "fsg").get("step_time_vs_ste"), 1.2),
+        ("CIFAR shape, lite, slow_every 1: memory <= 1.1x STE", row("cifar", "fsg").get("peak_mem_vs_ste"), 1.1),
+        ("CIFAR shape, paper preset: mean step <= 6x STE (CPU)", row("cifar", "fsg_paper").get("step_time_vs_ste"), 6),
+        ("digits, lite, slow_every 1: mean step <= 4x STE", row("digits", "fsg").get("step_time_vs_ste"), 4),
+    ]
+    return [{"goal": g, "ratio": r, "met": None if r is None else r <= limit} for g, r, limit in checks]
+
+
+def print_report(result: dict[str, Any], markdown: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    meta = result["meta"]
+    console: Any = Console(width=160)
+    titles = {"cifar": "CIFAR-shaped input (synthetic 3x32x32, batch 128)", "digits": "digits (1x8x8, batch 64)"}
+    for shape, rows in result["shapes"].items():
+        title = f"W1A32 ResNet-20, {titles[shape]}, {meta['threads']} threads, {meta['reps']} rounds"
+        table: Any = _MarkdownTable(title) if markdown else RichTable(title=title)
+        for col in ("variant", "mean step", "median step", "vs STE (mean)", "peak memory", "vs STE"):
+            table.add_column(col, justify="left" if col == "variant" else "right")
+        for name, r in rows.items():
+            if "error" in r:
+                table.add_row(name, r["error"], "", "", "", "")
+                continue
+            mem = r.get("peak_mem_bytes")
+            table.add_row(
+                name,
+                f"{r['step_time_s'] * 1e3:.1f} ms",
+                f"{r['step_time_median_s'] * 1e3:.1f} ms",
+                f"{r['step_time_vs_ste']:.2f}x" if r.get("step_time_vs_ste") else "-",
+                f"{mem / 2**20:.0f} MiB" if mem else "-",
+                f"{r['peak_mem_vs_ste']:.2f}x" if r.get("peak_mem_vs_ste") else "-",
+            )
+        if markdown:
+            print(table.render())
+        else:
+            console.print(table)
+    for g in result["goals"]:
+        state = "-" if g["met"] is None else ("met" if g["met"] else "NOT met")
+        ratio = "-" if g["ratio"] is None else f"{g['ratio']:.2f}x"
+        print(f"{'- ' if markdown else ''}{g['goal']}: {ratio}, {state}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="half the steps, two rounds")
+    parser.add_argument("--reps", type=int, default=None, help="rounds of every variant (default 3, quick 2)")
+    parser.add_argument("--only", default="", help=f"comma-separated variants of {list(VARIANTS)} (ste always runs)")
+    parser.add_argument("--shapes", default="cifar,digits", help="cifar, digits or both")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--report", type=Path, default=None, help="print the tables of an earlier --json file")
+    args = parser.parse_args(argv)
+    if args.report:
+        result = json.loads(args.report.read_text())
+        print_report(result, args.markdown)
+        return result
+    names = [n for n in args.only.split(",") if n] or list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    names = ["ste"] + [n for n in names if n != "ste"]
+    reps = args.reps or (2 if args.quick else 3)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    import torch
+
+    meta = {
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "cpus": os.cpu_count(),
+        "reps": reps,
+        "quick": args.quick,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    shapes = [s for s in args.shapes.split(",") if s]
+    result: dict[str, Any] = {"meta": meta, "shapes": {}}
+    for shape in shapes:
+        result["shapes"][shape] = measure(shape, names, reps, args.threads, args.quick, log)
+    result["goals"] = goals(result)
+    print_report(result, args.markdown)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
