@@ -61,7 +61,7 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
 @pytest.mark.timeout(600)
 def test_two_gloo_workers_training_fsg_stay_bit_identical(tmp_path: Path) -> None:
     spec = TrainSpec.model_validate(
-        tiny_spec_dict({"name": "fsg", "compile": False}, epochs=2, batch_size=32, max_steps_per_epoch=4)
+        tiny_spec_dict({"name": "fsg", "kernel": "fused"}, epochs=2, batch_size=32, max_steps_per_epoch=4)
     )
     mp.spawn(_worker, args=(_free_port(), spec.model_dump_json(), str(tmp_path)), nprocs=WORLD, join=True)
     states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]

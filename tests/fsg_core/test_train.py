@@ -16,7 +16,7 @@ from fsg_core.train import fit, summarize_history
 from tests.conftest import tiny_spec_dict
 
 TIMING = {"step_time_s", "epoch_time_s"}
-FSG_CPU = {"name": "fsg", "compile": False, "chunk_size": 4096}
+FSG_CPU = {"name": "fsg", "kernel": "fused"}  # the C++ kernel, or an error: never a silent fallback
 
 
 def _metrics(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
