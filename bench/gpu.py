@@ -1,7 +1,15 @@
 """Benchmark every registered estimator on the training device: step time and peak memory.
 
     python -m bench.gpu [--device auto|cuda|cpu] [--quick] [--json FILE] [--precision fp32|bf16|fp16] [--resnet18]
+                        [--kernels-only] [--skip-kernels]
 
+Part 1 (kernels): FSG's temporal slow net alone, forward + backward over ResNet-20's 270,896 binary
+weights with a full history (K = 5), ``lite`` and ``paper`` sizes: the fused kernel of the device
+(Triton on CUDA, C++ on a CPU) against the PyTorch path (``kernel: torch``; on CUDA with
+``mamba_ssm``'s selective scan too when it is installed). Mean of timed repetitions after warm-up.
+NCCL: an all-reduce between two processes when two GPUs are there (one process otherwise).
+
+Part 2 (training):
 W1A32 ResNet-20 (and ResNet-18 with ``--resnet18``) on CIFAR-shaped synthetic batches (3x32x32,
 batch 128), one run per estimator in the registry (``fsg_core.estimators.names()``, default
 hyperparameters, so a new estimator appears by itself), through the real training loop (``fit``).
@@ -24,6 +32,120 @@ from pathlib import Path
 from typing import Any
 
 from bench.estimators import COST_EXTRA, cifar_cost_spec, cost_table_view, measure_cost, measure_run, with_ratios
+
+KERNEL_REPS, KERNEL_WARMUP = 10, 3
+
+
+def resnet20_binary_sizes() -> list[int]:
+    """Weights per binary layer of W1A32 ResNet-20 (CIFAR-shaped input, 10 classes)."""
+    from fsg_core.binary import binary_layers
+    from fsg_core.spec import TrainSpec
+    from fsg_core.train import build_components
+
+    spec = TrainSpec.model_validate(cifar_cost_spec({"name": "ste"}, 1, device="cpu"))
+    return [layer.weight.numel() for _, layer in binary_layers(build_components(spec).model)]
+
+
+def _time_slow_net(net: Any, history: Any, tokens: Any, device: str, reps: int) -> float:
+    """Mean seconds of one forward + backward of ``net`` (CUDA events on a GPU)."""
+    import torch
+
+    def once() -> None:
+        net(history, tokens).sum().backward()
+
+    for _ in range(KERNEL_WARMUP):
+        once()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            once()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000 / reps
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        once()
+    return (time.perf_counter() - t0) / reps
+
+
+def kernel_rows(device: str, quick: bool, log: Any) -> list[dict[str, Any]]:
+    """Slow net forward + backward per preset and path (fused kernel, PyTorch, PyTorch + mamba_ssm)."""
+    import torch
+
+    from fsg_core.estimators.fsg import PRESETS
+    from fsg_core.estimators.fsg.slow_net import SlowNet, has_mamba_kernels
+
+    sizes = resnet20_binary_sizes()
+    gen = torch.Generator().manual_seed(0)
+    history = (1e-3 * torch.randn(5, sum(sizes), generator=gen)).to(device)
+    paths = ["fused", "torch"] + (["torch+mamba_ssm"] if device == "cuda" and has_mamba_kernels() else [])
+    rows = []
+    for preset in ("lite", "paper"):
+        for path in paths:
+            if device == "cpu" and preset == "paper" and path == "torch" and quick:
+                continue  # ~30 s a repetition on two cores
+            torch.manual_seed(0)
+            net = SlowNet(list(sizes), kernel="fused" if path == "fused" else "torch", **PRESETS[preset]).to(device)
+            assert net.ssm is not None
+            net.ssm.use_kernels = path == "torch+mamba_ssm"
+            tokens = torch.randn(len(sizes), 1, device=device, requires_grad=True)
+            reps = 2 if device == "cpu" and preset == "paper" else (3 if quick else KERNEL_REPS)
+            seconds = _time_slow_net(net, history, tokens, device, reps)
+            backend = net.backend(history.device)
+            rows.append({"preset": preset, "path": path, "backend": backend.name if backend else "pytorch",
+                         "fwd_bwd_s": seconds, "reps": reps})  # fmt: skip
+            log(f"  slow net {preset:5s} {path:16s} {seconds * 1000:.1f} ms")
+    return rows
+
+
+def nccl_row(log: Any) -> dict[str, Any]:
+    """An NCCL all-reduce of 64 MiB between two processes (one per GPU), or within one when one GPU is there."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA"}
+    world = min(2, torch.cuda.device_count())
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    port = 29500 + os.getpid() % 1000
+    procs = [ctx.Process(target=_nccl_worker, args=(rank, world, port, queue)) for rank in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    results = [queue.get() for _ in range(world)] if not queue.empty() else []
+    row = {"world": world, "ok": len(results) == world and all(r.get("ok") for r in results)}
+    if results:
+        row["allreduce_64mib_s"] = max(r.get("seconds", 0.0) for r in results)
+    log(f"  nccl world {world}: {row}")
+    return row
+
+
+def _nccl_worker(rank: int, world: int, port: int, queue: Any) -> None:
+    import torch
+    import torch.distributed as dist
+
+    try:
+        torch.cuda.set_device(rank)
+        dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        x = torch.full((16 * 2**20,), float(rank + 1), device="cuda")
+        dist.all_reduce(x)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(10):
+            dist.all_reduce(x)
+        torch.cuda.synchronize()
+        expected = sum(range(1, world + 1)) * world**10
+        queue.put({"ok": bool(torch.allclose(x[:4], torch.full((4,), float(expected), device="cuda"))),
+                   "seconds": (time.perf_counter() - t0) / 10})  # fmt: skip
+        dist.destroy_process_group()
+    except Exception as exc:  # reported, not raised: the bench goes on
+        queue.put({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
 
 # Steps per epoch; warm-up epochs are added until they hold WARMUP_STEPS steps, then one epoch is
 # measured (its first step, after an evaluation, is left out). FSG's history fills in 5 steps and its
@@ -93,6 +215,10 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         "steps_per_epoch": steps,
         "warmup_epochs": warmup,
     }
+    kernels = [] if args.skip_kernels else kernel_rows(device, args.quick, log)
+    nccl = nccl_row(log) if device == "cuda" and not args.skip_kernels else {"skipped": "not on CUDA"}
+    if args.kernels_only:
+        return {"meta": meta, "kernels": kernels, "nccl": nccl, "rows": []}
     rows = []
     for arch in archs:
         cost: dict[str, dict[str, Any]] = {}
@@ -130,7 +256,7 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
                     **({"error": row["error"]} if "error" in row else {}),
                 }
             )
-    return {"meta": meta, "rows": rows}
+    return {"meta": meta, "kernels": kernels, "nccl": nccl, "rows": rows}
 
 
 def print_report(result: dict[str, Any]) -> None:
@@ -140,6 +266,18 @@ def print_report(result: dict[str, Any]) -> None:
     meta = result["meta"]
     console = Console(width=160)
     console.print(f"bench.gpu on {meta['device']}: {meta['device_name']}, torch {meta['torch']}")
+    if result.get("kernels"):
+        table = Table(title="FSG slow net, forward + backward, ResNet-20 (270,896 weights, K = 5)")
+        for col in ("preset", "path", "backend", "fwd + bwd", "vs fused"):
+            table.add_column(col, justify="right" if col in ("fwd + bwd", "vs fused") else "left")
+        fused = {r["preset"]: r["fwd_bwd_s"] for r in result["kernels"] if r["path"] == "fused"}
+        for r in result["kernels"]:
+            ratio = r["fwd_bwd_s"] / fused[r["preset"]] if fused.get(r["preset"]) else None
+            table.add_row(r["preset"], r["path"], r["backend"], f"{r['fwd_bwd_s'] * 1000:.1f} ms",
+                          f"{ratio:.2f}x" if ratio else "-")  # fmt: skip
+        console.print(table)
+    if result.get("nccl"):
+        console.print(f"NCCL: {result['nccl']}")
     for arch in dict.fromkeys(row["arch"] for row in result["rows"]):
         cost = {row["estimator"]: row for row in result["rows"] if row["arch"] == arch}
         shape = "x".join(map(str, meta["input_shape"]))
@@ -168,6 +306,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--in-process", action="store_true", help="run every estimator in this process (smoke tests; noisier memory)"
     )
+    parser.add_argument("--kernels-only", action="store_true", help="only the slow-net kernels and NCCL")
+    parser.add_argument("--skip-kernels", action="store_true", help="only the training runs")
     args = parser.parse_args(argv)
 
     def log(msg: str) -> None:

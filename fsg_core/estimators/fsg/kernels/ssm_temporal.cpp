@@ -444,6 +444,17 @@ struct Block {
   int64_t layer, start, end;
 };
 
+// Flush denormals to zero (FTZ and DAZ) in this thread while the kernel runs: decays exp(dt A) and
+// states that underflow would otherwise run through the CPU's slow denormal path (measured: the
+// paper preset 1.8x slower on inputs whose states underflow). The previous mode is restored.
+struct FlushDenormals {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned int saved;
+  FlushDenormals() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040); }
+  ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
+
 // Blocks of at most `size` coordinates, never crossing a layer boundary: a function of the layer sizes
 // and `size` only, so the reduction order is the same whatever the thread count.
 std::vector<Block> make_blocks(const int64_t* layer_start, int64_t layers, int64_t size) {
@@ -511,6 +522,7 @@ at::Tensor forward_impl(const at::Tensor& hist, const at::Tensor& order, const a
   const T* sc = scale.data_ptr<T>();
   T* dst = out.data_ptr<T>();
   at::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
+    const FlushDenormals ftz;
     Tile<T, DC, SC, KC> tile(w.D, w.S, k, w.dconv, 0);
     for (int64_t b = b0; b < b1; ++b) {
       const Block& blk = blocks[b];
@@ -541,6 +553,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& gout, const at::Tensor& 
   const T* g = gout.data_ptr<T>();
   T* part = partial.data_ptr<T>();
   at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    const FlushDenormals ftz;
     Tile<T, DC, SC, KC> tile(w.D, w.S, k, w.dconv, L.total);
     Vec<T> go;
     for (int64_t b = b0; b < b1; ++b) {
