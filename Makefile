@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-core test lint browser bench bench-quick bench-service bench-gpu bench-dispatchers clean
+.PHONY: demo demo-core test lint browser bench bench-quick bench-fsg bench-service bench-gpu gpu-check bench-dispatchers clean
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -50,6 +50,20 @@ bench-service: $(STAMP)
 
 bench-gpu: $(STAMP)
 	$(BIN)/python -m bench.gpu --json bench/results/gpu.json
+
+# What FSG costs next to STE on this machine's CPUs (mean and median step, memory; the issue's goals).
+bench-fsg: $(STAMP)
+	$(BIN)/python -m bench.fsg_cost --json bench/results/fsg_cost.json
+
+# On a GPU machine, under 8 minutes on one GPU: the CUDA tests (Triton kernel, FSG training, NCCL), then
+# bench.gpu (slow-net kernels vs the PyTorch path, mamba_ssm when installed, an NCCL all-reduce, and
+# training steps of STE and FSG). Uses .venv when there is one, else the machine's python3 (a GPU image
+# with its own CUDA torch and Triton; fsg_core also needs pydantic, safetensors, scikit-learn, tqdm, rich).
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	$(GPU_PYTHON) -c "import torch; assert torch.cuda.is_available(), 'gpu-check needs a CUDA GPU'; print(torch.__version__, torch.cuda.get_device_name())"
+	$(GPU_PYTHON) -m pytest -q -p no:cacheprovider -m cuda tests/fsg_core/test_cuda.py
+	$(GPU_PYTHON) -m bench.gpu --quick --only fsg,fsg_paper,fsg_torch,fsg_every4,metaquant --json bench/results/gpu.json
 
 bench-dispatchers: $(STAMP)
 	$(BIN)/python -m bench.dispatchers --json bench/results/dispatchers.json

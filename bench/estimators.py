@@ -338,7 +338,7 @@ def with_ratios(cost: dict[str, dict[str, Any]], base: str = "ste") -> dict[str,
 def cost_table_view(cost: dict[str, dict[str, Any]], title: str, table_class: Any) -> Any:
     """A table of step time and peak memory per estimator, with ratios to STE (``with_ratios``)."""
     table = table_class(title=title)
-    for col in ("estimator", "step time", "vs STE", "peak memory", "vs STE"):
+    for col in ("estimator", "mean step", "vs STE", "peak memory", "vs STE"):
         table.add_column(col, justify="right" if col != "estimator" else "left")
     for name, res in with_ratios(cost).items():
         t, mem, t_ratio, mem_ratio = (

@@ -168,13 +168,27 @@ def device_name(device: str) -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
-def estimators(device: str, quick: bool) -> dict[str, dict[str, Any]]:
-    """Every registered estimator with its defaults; on a GPU (not quick) also the paper-size FSG slow net."""
+# FSG variants beside the defaults: the paper-size slow net, the PyTorch path, a slow gradient every 4 steps.
+FSG_VARIANTS: dict[str, dict[str, Any]] = {
+    **COST_EXTRA,
+    "fsg_torch": {"name": "fsg", "kernel": "torch"},
+    "fsg_every4": {"name": "fsg", "slow_every": 4},
+}
+
+
+def estimators(device: str, quick: bool, only: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Every registered estimator with its defaults; on a GPU (not quick) also the FSG variants.
+    ``only`` picks keys among both (STE always runs: every ratio is to it)."""
     from fsg_core.estimators import names
 
     found: dict[str, dict[str, Any]] = {"ste": {"name": "ste"}}  # first: every ratio is to it
     found |= {name: {"name": name} for name in names()}
-    return found | (COST_EXTRA if device == "cuda" and not quick else {})
+    if only:
+        unknown = [n for n in only if n not in found and n not in FSG_VARIANTS]
+        if unknown:
+            raise SystemExit(f"--only: unknown {unknown}; choose from {list(found) + list(FSG_VARIANTS)}")
+        return {"ste": found["ste"]} | {n: (found | FSG_VARIANTS)[n] for n in only if n != "ste"}
+    return found | (FSG_VARIANTS if device == "cuda" and not quick else {})
 
 
 def refusal(spec: dict[str, Any]) -> str | None:
@@ -222,7 +236,7 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     rows = []
     for arch in archs:
         cost: dict[str, dict[str, Any]] = {}
-        for name, est in estimators(device, args.quick).items():
+        for name, est in estimators(device, args.quick, [n for n in args.only.split(",") if n]).items():
             spec = cifar_cost_spec(
                 est,
                 steps,
@@ -306,6 +320,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--in-process", action="store_true", help="run every estimator in this process (smoke tests; noisier memory)"
     )
+    parser.add_argument("--only", default="", help="comma-separated estimators / FSG variants (default: all)")
     parser.add_argument("--kernels-only", action="store_true", help="only the slow-net kernels and NCCL")
     parser.add_argument("--skip-kernels", action="store_true", help="only the training runs")
     args = parser.parse_args(argv)

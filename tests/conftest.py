@@ -11,6 +11,14 @@ import pytest
 # Single-threaded torch in tests: deterministic and no oversubscription on CI's 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# Without a GPU, Triton's interpreter runs the slow net's Triton kernels on CPU tensors
+# (tests/fsg_core/estimators/fsg/test_triton_kernel.py). Triton reads this once, at its import, so it is
+# set here, before any test module imports it; a GPU machine (make gpu-check) compiles them for real.
+if not os.environ.get("CUDA_VISIBLE_DEVICES") and not any(
+    os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvidiactl")
+):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def tiny_spec_dict(estimator: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
     """A ResNet-20 W1A32 run on digits that finishes in seconds."""

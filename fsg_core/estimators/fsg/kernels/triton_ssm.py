@@ -27,7 +27,13 @@ from torch import Tensor
 
 __all__ = ["BLOCK", "backward", "forward"]
 
-BLOCK = 64  # coordinates per program
+BLOCK = 64  # coordinates per program (32 when the state tiles are large: see block_size)
+
+
+def block_size(k: int, d_state: int) -> int:
+    """Coordinates per program: 64, or 32 where a (BLOCK, k, d_state) tile, padded to powers of two, would
+    pass 4,096 values (the paper preset), so that a program's live tiles stay near the register file."""
+    return BLOCK if triton.next_power_of_2(k) * triton.next_power_of_2(d_state) <= 64 else BLOCK // 2
 
 
 # ------------------------------------------------------------------------------------------- device code
@@ -322,8 +328,8 @@ def _layout(d: int, s: int, d_conv: int, k: int) -> dict[str, int]:
 
 
 @functools.lru_cache(maxsize=16)
-def _blocks(starts: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Blocks of ``BLOCK`` coordinates inside each layer: their layer, start, end (int64 on ``device``),
+def _blocks(starts: tuple[int, ...], block: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Blocks of ``block`` coordinates inside each layer: their layer, start, end (int64 on ``device``),
     and for each layer the rows of its blocks padded with a pointer to a zero row (for the reduction)."""
     layer: list[int] = []
     start: list[int] = []
@@ -331,11 +337,11 @@ def _blocks(starts: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tens
     per_layer: list[list[int]] = []
     for i in range(len(starts) - 1):
         rows: list[int] = []
-        for s in range(starts[i], starts[i + 1], BLOCK):
+        for s in range(starts[i], starts[i + 1], block):
             rows.append(len(layer))
             layer.append(i)
             start.append(s)
-            end.append(min(s + BLOCK, starts[i + 1]))
+            end.append(min(s + block, starts[i + 1]))
         per_layer.append(rows)
     width = max(len(r) for r in per_layer)
     zero_row = len(layer)
@@ -367,9 +373,10 @@ def _launch_args(
     if hist.dtype != torch.float32:
         raise ValueError("the Triton slow-net kernel takes a float32 history")
     starts = _starts(layer_start)
-    blk_layer, blk_start, blk_end, gather = _blocks(starts, hist.device)
     d, s, d_conv, k = weights[0].numel(), weights[7].shape[1], weights[2].shape[1], order.numel()
-    meta = {"K": k, "S": s, "DCONV": d_conv, "BLOCK": BLOCK, "KP": triton.next_power_of_2(k),
+    block = block_size(k, s)
+    blk_layer, blk_start, blk_end, gather = _blocks(starts, block, hist.device)
+    meta = {"K": k, "S": s, "DCONV": d_conv, "BLOCK": block, "KP": triton.next_power_of_2(k),
             "SP": triton.next_power_of_2(s), "D": d}  # fmt: skip
     return (blk_layer, blk_start, blk_end), meta, gather, int(blk_layer.numel())
 

@@ -1,20 +1,18 @@
 """The Triton slow-net kernel on the CPU through Triton's interpreter, against the same references as the C++ one.
 
-CI has no GPU: ``TRITON_INTERPRET=1`` (set before the kernels are decorated, i.e. before
-``triton_ssm`` is imported) runs the very kernels CUDA runs, program by program, in NumPy.
+CI has no GPU: ``TRITON_INTERPRET=1`` (set by tests/conftest.py before triton is imported anywhere)
+runs the very kernels CUDA runs, program by program, in NumPy.
 """
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from fsg_core.estimators.fsg.kernels import Backend, temporal_ssm  # noqa: E402
-from tests.fsg_core.estimators.fsg.test_kernels import (  # noqa: E402
+from fsg_core.estimators.fsg.kernels import Backend, temporal_ssm
+from tests.fsg_core.estimators.fsg.test_kernels import (
     _inputs,
     _layer_scale,
     _reference,
