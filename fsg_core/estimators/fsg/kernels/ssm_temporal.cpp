@@ -41,6 +41,8 @@ constexpr int MAX_HISTORY = 64;  // history's bound in FSG.Params
 // instead of round-tripping through lane arrays.
 template <typename T>
 struct Lanes;
+static_assert(V == 16, "the AVX-512 exp below handles one 16-float register per vec");
+
 template <>
 struct Lanes<float> {
   typedef float vec __attribute__((vector_size(V * sizeof(float))));
@@ -87,6 +89,11 @@ struct Math<double> {
   static inline vec sigmoid(vec x) {
     for (int v = 0; v < V; ++v) x[v] = 1.0 / (1.0 + std::exp(-x[v]));
     return x;
+  }
+  static inline vec softplus_value(vec x) {
+    vec value, slope;
+    softplus(x, value, slope);
+    return value;
   }
   // torch's softplus (threshold 20) and its slope
   static inline void softplus(vec x, vec& value, vec& slope) {
@@ -146,8 +153,7 @@ struct Math<float> {
   static inline vec sigmoid(vec x) { return 1.0f / (1.0f + exp(-x)); }
   // log(1 + e) for e in [0, 1] as 2 atanh(s), s = e / (2 + e) in [0, 1/3]: the series to s^15 leaves a
   // relative error below 1e-8, and no 1 + e is rounded (a small e keeps its relative precision).
-  static inline vec log1p_unit(vec e) {
-    const vec s = e / (2.0f + e);
+  static inline vec log1p_series(vec s) {
     const vec s2 = s * s;
     vec p = splat(1.0f / 15.0f);
     p = p * s2 + 1.0f / 13.0f;
@@ -159,13 +165,22 @@ struct Math<float> {
     p = p * s2 + 1.0f;
     return 2.0f * s * p;
   }
+  // One division gives both 1 / (1 + e) (the slope) and e / (2 + e) (for log1p): q = 1 / ((1+e)(2+e)).
   static inline void softplus(vec x, vec& value, vec& slope) {
     const vec ax = x < 0.0f ? -x : x;
     const vec e = exp(-ax);
-    const vec inv = 1.0f / (1.0f + e);
+    const vec q = 1.0f / ((1.0f + e) * (2.0f + e));
+    const vec inv = (2.0f + e) * q;
     const vec pos = x > 0.0f ? x : splat(0.0f);
-    value = x > 20.0f ? x : pos + log1p_unit(e);
+    value = x > 20.0f ? x : pos + log1p_series(e * (1.0f + e) * q);
     slope = x > 20.0f ? splat(1.0f) : (x >= 0.0f ? inv : e * inv);
+  }
+  // softplus alone (the forward needs no slope): one division.
+  static inline vec softplus_value(vec x) {
+    const vec ax = x < 0.0f ? -x : x;
+    const vec e = exp(-ax);
+    const vec pos = x > 0.0f ? x : splat(0.0f);
+    return x > 20.0f ? x : pos + log1p_series(e / (2.0f + e));
   }
 };
 
@@ -249,7 +264,9 @@ struct Tile {
     }
   }
 
-  // Everything but the scan: conv, SiLU, projections and dt for every position.
+  // Everything but the scan: conv, SiLU, projections and dt for every position. With `Grad`, also what
+  // the backward reads (pre-activations and the slopes of SiLU and softplus).
+  template <bool Grad>
   void project(const Weights<T>& w, int64_t layer) {
     FSG_SIZES;
     const T* tok = w.tokconv + layer * k * D;
@@ -259,8 +276,10 @@ struct Tile {
         vec acc = splat(w.convb[d] + tok[t * D + d]);
         for (int64_t j = 0; j < taps; ++j) acc += (w.taps[d * dconv + j] * w.win_x[d]) * u[t - j];
         const vec sg = Math<T>::sigmoid(acc);
-        xc[t * D + d] = acc;
-        sgx[t * D + d] = sg;
+        if (Grad) {
+          xc[t * D + d] = acc;
+          sgx[t * D + d] = sg;
+        }
         x[t * D + d] = acc * sg;
       }
       // dtr and B: the first 1 + S rows of wx times x_t
@@ -273,7 +292,13 @@ struct Tile {
         else
           B[t * S + r - 1] = acc;
       }
-      for (int64_t d = 0; d < D; ++d) Math<T>::softplus(w.wdt[d] * dtr[t] + w.bdt[d], dt[t * D + d], sgdt[t * D + d]);
+      for (int64_t d = 0; d < D; ++d) {
+        const vec v = w.wdt[d] * dtr[t] + w.bdt[d];
+        if (Grad)
+          Math<T>::softplus(v, dt[t * D + d], sgdt[t * D + d]);
+        else
+          dt[t * D + d] = Math<T>::softplus_value(v);
+      }
     }
     // C at the last position only
     for (int64_t s = 0; s < S; ++s) {
@@ -316,7 +341,7 @@ struct Tile {
 
   void forward(const Weights<T>& w, int64_t layer) {
     FSG_SIZES;
-    project(w, layer);
+    project<false>(w, layer);
     out = vec{};
     for (int64_t d = 0; d < D; ++d) {
       scan(w, layer, d, false);
@@ -329,7 +354,7 @@ struct Tile {
   // Adds this tile's gradients, lane-wise, to `grad` (Layout offsets). go: dL/d(out) times scale.
   void backward(const Weights<T>& w, int64_t layer, const vec go, const Layout& L) {
     FSG_SIZES;
-    project(w, layer);
+    project<true>(w, layer);
     std::fill(dx.begin(), dx.end(), vec{});
     std::fill(dB.begin(), dB.end(), vec{});
     std::fill(dC.begin(), dC.end(), vec{});
@@ -664,7 +689,7 @@ std::vector<at::Tensor> ssm_backward(const at::Tensor& gout, const at::Tensor& h
 }
 
 // The scalar functions the float kernel uses, for the tests' error bounds: 0 exp, 1 sigmoid,
-// 2 softplus, 3 softplus' slope.
+// 2 softplus, 3 softplus' slope (both from the backward's softplus), 4 the forward's softplus.
 at::Tensor fast_math(const at::Tensor& x, int64_t which) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous(), "float32, contiguous");
   auto out = at::empty_like(x);
@@ -677,7 +702,11 @@ at::Tensor fast_math(const at::Tensor& x, int64_t which) {
     for (int64_t v = 0; v < n; ++v) in[v] = src[i + v];
     vec value, slope;
     Math<float>::softplus(in, value, slope);
-    const vec res = which == 0 ? Math<float>::exp(in) : which == 1 ? Math<float>::sigmoid(in) : which == 2 ? value : slope;
+    const vec res = which == 0   ? Math<float>::exp(in)
+                    : which == 1 ? Math<float>::sigmoid(in)
+                    : which == 2 ? value
+                    : which == 3 ? slope
+                                 : Math<float>::softplus_value(in);
     for (int64_t v = 0; v < n; ++v) dst[i + v] = res[v];
   }
   return out;
