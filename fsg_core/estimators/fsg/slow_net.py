@@ -304,7 +304,7 @@ class SlowNet(nn.Module):
             squares.addcmul_(history[r], history[r])
         squares = squares / len(rows)
         sums = history.new_zeros(len(self.sizes)).index_add_(0, self.layer_index, squares)
-        sizes = torch.tensor(self.sizes, device=history.device, dtype=history.dtype)
+        sizes = (self.layer_start[1:] - self.layer_start[:-1]).to(history.dtype)  # no host-to-GPU copy per step
         return (sums / sizes).sqrt().clamp_min(1e-12)
 
     def backend(self, device: torch.device) -> Backend | None:
