@@ -220,9 +220,10 @@ def test_flat_layout_and_gru_never_use_the_kernel() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+@pytest.mark.parametrize("isa", ["avx2"])
 def test_narrower_instruction_sets_build_and_match(isa: str, tmp_path) -> None:
-    """The generic vector code (AVX2, SSE) that machines without AVX-512 run, built here on purpose."""
+    """The generic vector code that machines without AVX-512 run (the same C++ as the baseline build),
+    built here on purpose."""
     from fsg_core.estimators.fsg.kernels.cpu import instruction_set
 
     if isa == "avx2" and instruction_set() == "baseline":
