@@ -9,7 +9,8 @@ and ``paper`` with ``slow_every`` 1 and 4 (fused kernel); FSG ``lite`` on the Py
 rounds of them, so that a slow minute of the machine lands on all of them. Step times are every
 measured step of every round (a warm-up epoch excluded: FSG's history fills and torch.compile runs
 there; the first step of each epoch, after an evaluation, too): the **mean** is what a user pays, the
-median is shown beside it (with ``slow_every`` > 1 it shows only the cheap steps). Peak memory comes from
+median is shown beside it (with ``slow_every`` > 1 it shows only the cheap steps), and so is each round's
+ratio to the STE run just before it (how much the machine's own drift moves the figure). Peak memory comes from
 a separate run per variant (``bench.estimators`` says how). Ratios are to STE on the same input.
 
 What it cannot see: the first epoch (kernel build, compilation), evaluation, data loading beyond the
@@ -74,6 +75,7 @@ def _steps(shape: str, name: str, quick: bool) -> int:
 
 def measure(shape: str, names: list[str], reps: int, threads: int, quick: bool, log: Any) -> dict[str, Any]:
     times: dict[str, list[float]] = {n: [] for n in names}
+    rounds: dict[str, list[float]] = {n: [] for n in names}  # each round's mean step
     errors: dict[str, str] = {}
     memory: dict[str, int | None] = {}
     for rep in range(reps):
@@ -88,6 +90,7 @@ def measure(shape: str, names: list[str], reps: int, threads: int, quick: bool, 
                 log(f"  {shape} {name}: {res['error']}")
                 continue
             times[name].extend(res["step_times_s"])
+            rounds[name].append(statistics.fmean(res["step_times_s"]))
             log(f"  {shape} {name:17s} round {rep + 1}: mean {statistics.fmean(res['step_times_s']) * 1e3:.1f} ms "
                 f"({time.time() - t0:.0f}s)")  # fmt: skip
     for name in names:
@@ -106,6 +109,7 @@ def measure(shape: str, names: list[str], reps: int, threads: int, quick: bool, 
             "step_time_s": statistics.fmean(ts),
             "step_time_median_s": statistics.median(ts),
             "steps_measured": len(ts),
+            "round_means_s": rounds[name],
             "peak_mem_bytes": memory.get(name),
         }
     base = rows.get("ste", {})
@@ -113,6 +117,9 @@ def measure(shape: str, names: list[str], reps: int, threads: int, quick: bool, 
         for key, ratio_key in (("step_time_s", "step_time_vs_ste"), ("peak_mem_bytes", "peak_mem_vs_ste")):
             if row.get(key) and base.get(key):
                 row[ratio_key] = row[key] / base[key]
+        # Each round against the STE run just before it: how much the machine moved the ratio.
+        pairs = zip(row.get("round_means_s", []), base.get("round_means_s", []), strict=False)
+        row["round_ratios"] = [mine / ste for mine, ste in pairs]
     return rows
 
 
@@ -141,11 +148,11 @@ def print_report(result: dict[str, Any], markdown: bool) -> None:
     for shape, rows in result["shapes"].items():
         title = f"W1A32 ResNet-20, {titles[shape]}, {meta['threads']} threads, {meta['reps']} rounds"
         table: Any = _MarkdownTable(title) if markdown else RichTable(title=title)
-        for col in ("variant", "mean step", "median step", "vs STE (mean)", "peak memory", "vs STE"):
+        for col in ("variant", "mean step", "median step", "vs STE (mean)", "rounds", "peak memory", "vs STE"):
             table.add_column(col, justify="left" if col == "variant" else "right")
         for name, r in rows.items():
             if "error" in r:
-                table.add_row(name, r["error"], "", "", "", "")
+                table.add_row(name, r["error"], "", "", "", "", "")
                 continue
             mem = r.get("peak_mem_bytes")
             table.add_row(
@@ -153,6 +160,7 @@ def print_report(result: dict[str, Any], markdown: bool) -> None:
                 f"{r['step_time_s'] * 1e3:.1f} ms",
                 f"{r['step_time_median_s'] * 1e3:.1f} ms",
                 f"{r['step_time_vs_ste']:.2f}x" if r.get("step_time_vs_ste") else "-",
+                " ".join(f"{x:.2f}" for x in r.get("round_ratios", [])) or "-",
                 f"{mem / 2**20:.0f} MiB" if mem else "-",
                 f"{r['peak_mem_vs_ste']:.2f}x" if r.get("peak_mem_vs_ste") else "-",
             )

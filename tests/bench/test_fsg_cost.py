@@ -41,6 +41,7 @@ def test_rounds_are_pooled_and_ratios_taken_to_ste(monkeypatch: pytest.MonkeyPat
     assert rows["ste"]["step_time_s"] == 2.0 and rows["fsg"]["step_time_s"] == 3.0  # means over every step
     assert rows["fsg"]["step_time_median_s"] == statistics.median([2.0, 2.0, 2.0, 6.0])
     assert rows["fsg"]["step_time_vs_ste"] == 1.5 and rows["fsg"]["peak_mem_vs_ste"] == 1.5
+    assert rows["fsg"]["round_ratios"] == pytest.approx([2.0, 4.0 / 3.0])  # each round against its STE run
 
 
 def test_goals_say_met_not_met_or_unmeasured() -> None:
