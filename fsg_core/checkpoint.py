@@ -17,13 +17,15 @@ from typing import Any
 
 import torch
 
+from fsg_core.errors import NonRetryableError
+
 __all__ = ["FORMAT", "CheckpointError", "load_checkpoint", "load_weights", "save_checkpoint"]
 
 FORMAT = "fsg-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(NonRetryableError, ValueError):
     """A checkpoint file is missing, unreadable, or not an fsg checkpoint."""
 
 

@@ -42,6 +42,7 @@ from safetensors.torch import save as serialize
 from torch import Tensor, nn
 
 from fsg_core.binary import Binarizer, BinaryLayer, binary_layers
+from fsg_core.errors import NonRetryableError
 from fsg_core.estimators import UnknownEstimatorError, build_estimator, get
 from fsg_core.estimators.base import Estimator
 from fsg_core.models import LayerFactory, UnknownModelError, build_model
@@ -65,7 +66,7 @@ _BN_SUFFIX = ".bn"
 _BN_FIELDS = ("weight", "bias", "running_mean", "running_var")  # row order of a stacked (4, C) tensor
 
 
-class PackedFormatError(ValueError):
+class PackedFormatError(NonRetryableError, ValueError):
     """A file is not a packed model this version can read; the message names the file and the defect."""
 
 

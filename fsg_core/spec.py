@@ -28,6 +28,24 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# What the file systems fsg runs on accept (Linux NAME_MAX and PATH_MAX): a longer name makes every
+# open() raise, so it is refused here, as the field's error, before a job is queued.
+NAME_MAX_BYTES, PATH_MAX_BYTES = 255, 4095
+
+
+def _file_path(value: str | None) -> str | None:
+    if value is None:
+        return value
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL byte")
+    if len(value.encode()) > PATH_MAX_BYTES:
+        raise ValueError(f"is longer than {PATH_MAX_BYTES} bytes")
+    longest = max(value.split("/"), key=lambda part: len(part.encode()))
+    if len(longest.encode()) > NAME_MAX_BYTES:
+        raise ValueError(f"has a component of {len(longest.encode())} bytes; file names stop at {NAME_MAX_BYTES}")
+    return value
+
+
 class ModelSpec(_Spec):
     arch: str = Field("resnet20", description="registered architecture, see `fsg_core.models.names()`")
     num_classes: int | None = Field(None, ge=2, le=100_000, description="output classes; None takes the dataset's")
@@ -59,6 +77,11 @@ class DataSpec(_Spec):
     synthetic_samples: int = Field(512, ge=16, le=1_000_000, description="synthetic: number of samples")
     synthetic_classes: int = Field(10, ge=2, le=1000, description="synthetic: number of classes")
     synthetic_shape: tuple[int, int, int] = Field((3, 8, 8), description="synthetic: (channels, height, width)")
+
+    @field_validator("root")
+    @classmethod
+    def _root_is_a_path(cls, value: str | None) -> str | None:
+        return _file_path(value)
 
     @model_validator(mode="after")
     def _root_for_cifar(self) -> DataSpec:
@@ -118,6 +141,11 @@ class InitSpec(_Spec):
         max_length=4096,
         description="start from this file: a training checkpoint or a full-precision state dict of the same model",
     )
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_is_a_path(cls, value: str | None) -> str | None:
+        return _file_path(value)
 
 
 class TrainSpec(_Spec):

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayTaskError, TaskCancelledError, WorkerCrashedError
+from pydantic import ValidationError
+from ray.exceptions import TaskCancelledError
 
+from fsg_core.errors import SpecError
 from service.db import queue, records
 from service.db.engine import UNAVAILABLE, Database
 from service.db.models import Checkpoint, Job, utcnow
@@ -41,10 +43,6 @@ from workers.telemetry import DispatcherTelemetry
 __all__ = ["Dispatcher", "main"]
 
 log = logging.getLogger("fsg.dispatcher")
-
-
-class JobConfigError(RuntimeError):
-    """The job cannot run as specified (missing data root, ...): failing again would not help."""
 
 
 @dataclass
@@ -141,13 +139,18 @@ class Dispatcher:
         """One pass; a database outage skips the rest of the pass (attempts keep running on Ray, and
         their verdicts wait in ``self.attempts`` until the database answers again)."""
         self.telemetry.tick(len(self.attempts))  # heartbeat when due; never raises for the database
-        try:
-            self.watch()
-            if time.monotonic() - self._last_reap >= self.settings.lease_s / 2:
-                self.reap()
-            self.dispatch()
-        except UNAVAILABLE as exc:
-            log.warning("database unavailable (%s); retrying next tick", type(exc).__name__)
+        for phase in (self.watch, self._reap_when_due, self.dispatch):
+            try:
+                phase()
+            except UNAVAILABLE as exc:
+                log.warning("database unavailable (%s); retrying next tick", type(exc).__name__)
+                return
+            except Exception:  # noqa: BLE001 - the loop serves every tenant: log it, go on with the next phase
+                log.exception("dispatcher %s failed; going on", phase.__name__.strip("_"))
+
+    def _reap_when_due(self) -> None:
+        if time.monotonic() - self._last_reap >= self.settings.lease_s / 2:
+            self.reap()
 
     def reap(self) -> list[str]:
         self._last_reap = time.monotonic()
@@ -180,10 +183,22 @@ class Dispatcher:
             )
             if job is None:
                 return
-            self.launch(job)
+            try:
+                self.launch(job)
+            except UNAVAILABLE:
+                raise
+            except Exception as exc:  # noqa: BLE001 - that job's fault or Ray's: it ends or retries, alone
+                log.warning("job %s could not be launched: %s", job.id, policy.describe(exc), extra={"job_id": job.id})
+                self.attempts.pop(job.id, None)
+                self._settle(job.id, policy.Outcome.failed, error=policy.describe(exc), retry=policy.retryable(exc))
 
     def launch(self, job: Job) -> None:
-        spec = JobSpec.model_validate(job.spec)
+        try:
+            spec = JobSpec.model_validate(job.spec)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise SpecError(f"the stored spec no longer validates: {where}: {first['msg']}") from None
         log_path = self._log_path(job.id)
         problem = self._preflight(spec)
         with self.db.write() as session:
@@ -220,7 +235,7 @@ class Dispatcher:
         if spec.resources.executor == "ray_task":
             # The task is the worker: it holds the job's resources itself.
             options.update(num_cpus=spec.resources.cpus_per_worker, num_gpus=1 if spec.resources.use_gpu else 0)
-        ref = self._remote.options(**options).remote(ctx)
+        ref = self._remote.options(**options).remote(ctx)  # raises for options Ray refuses: dispatch() settles it
         now = utcnow()
         self.attempts[job.id] = Attempt(job.id, number, ref, job.cpus, job.gpus, now, job.timeout_s, now)
         self.telemetry.observe_launch(job, launched_at=now)  # fsg_queue_to_running_seconds
@@ -239,27 +254,42 @@ class Dispatcher:
             }
         now = utcnow()
         for attempt in list(self.attempts.values()):
-            if id(attempt.ref) in done:
-                self.finish(attempt)
-                continue
-            state, cancel_requested = states.get(attempt.job_id, (None, False))
-            if attempt.stopping is None and (cancel_requested or state == JobState.cancelling):
-                self._stop(attempt, policy.Outcome.cancelled)
-            elif attempt.stopping is None and policy.timed_out(attempt.started, attempt.timeout_s, now):
-                self._stop(attempt, policy.Outcome.timed_out)
-            if policy.lease_renewal_due(attempt.last_renewal, self.settings.lease_s, now):
-                with self.db.write() as session:
-                    held = queue.renew_lease(session, attempt.job_id, owner=self.owner, lease_s=self.settings.lease_s)
-                attempt.last_renewal = now
-                if not held:
-                    # Another dispatcher reaped it: our attempt must not run beside its new one.
-                    log.warning(
-                        "lost the lease of job %s; stopping its attempt",
-                        attempt.job_id,
-                        extra={"job_id": attempt.job_id, "attempt": attempt.number},
-                    )
-                    ray.cancel(attempt.ref, force=True)
-                    del self.attempts[attempt.job_id]
+            try:
+                self._watch_one(attempt, id(attempt.ref) in done, states, now)
+            except UNAVAILABLE:
+                raise
+            except Exception:  # noqa: BLE001 - one attempt's trouble must not stall the others
+                log.exception(
+                    "watching attempt %d of job %s failed; its lease decides it now",
+                    attempt.number,
+                    attempt.job_id,
+                    extra={"job_id": attempt.job_id, "attempt": attempt.number},
+                )
+                self.attempts.pop(attempt.job_id, None)  # not renewed: once expired, a reap settles the job
+
+    def _watch_one(self, attempt: Attempt, done: bool, states: dict[str, Any], now: datetime) -> None:
+        """Finish a done attempt, or stop one that was cancelled or timed out, and renew its lease."""
+        if done:
+            self.finish(attempt)
+            return
+        state, cancel_requested = states.get(attempt.job_id, (None, False))
+        if attempt.stopping is None and (cancel_requested or state == JobState.cancelling):
+            self._stop(attempt, policy.Outcome.cancelled)
+        elif attempt.stopping is None and policy.timed_out(attempt.started, attempt.timeout_s, now):
+            self._stop(attempt, policy.Outcome.timed_out)
+        if policy.lease_renewal_due(attempt.last_renewal, self.settings.lease_s, now):
+            with self.db.write() as session:
+                held = queue.renew_lease(session, attempt.job_id, owner=self.owner, lease_s=self.settings.lease_s)
+            attempt.last_renewal = now
+            if not held:
+                # Another dispatcher reaped it: our attempt must not run beside its new one.
+                log.warning(
+                    "lost the lease of job %s; stopping its attempt",
+                    attempt.job_id,
+                    extra={"job_id": attempt.job_id, "attempt": attempt.number},
+                )
+                ray.cancel(attempt.ref, force=True)
+                del self.attempts[attempt.job_id]
 
     def _stop(self, attempt: Attempt, why: policy.Outcome) -> None:
         """Ask Ray to stop the attempt: a KeyboardInterrupt in the task ends its TorchTrainer/Tuner,
@@ -272,32 +302,50 @@ class Dispatcher:
     def finish(self, attempt: Attempt) -> None:
         summary: dict[str, Any] | None = None
         error: str | None = None
-        retryable = True
+        retry = True
         try:
             summary = ray.get(attempt.ref)
             outcome = policy.Outcome.succeeded
         except (TaskCancelledError, KeyboardInterrupt):
             outcome = attempt.stopping or policy.Outcome.cancelled
-        except (RayTaskError, WorkerCrashedError) as exc:
-            cause = getattr(exc, "cause", None)
-            if attempt.stopping is not None and isinstance(cause, (KeyboardInterrupt, TaskCancelledError)):
-                outcome = attempt.stopping
-            elif attempt.stopping is not None:
-                outcome = attempt.stopping
+        except Exception as exc:  # noqa: BLE001 - any Ray error (OOM, node died, object lost, ...) or the job's own
+            if attempt.stopping is not None:
+                outcome = attempt.stopping  # we stopped it: whatever it raised on the way out is not the job's error
             else:
                 outcome = policy.Outcome.failed
-                error = _short_error(exc)
-                retryable = "DatasetError" not in str(exc) and "CheckpointError" not in str(exc)
+                error = policy.describe(exc)
+                retry = policy.retryable(exc)
+        final = self._settle(attempt.job_id, outcome, summary=summary, error=error, retry=retry)
+        # Only now: if the database was down, the attempt stays here and is finished on a later tick.
+        del self.attempts[attempt.job_id]
+        self.telemetry.observe_finish(outcome)  # fsg_attempts_finished_total{outcome}
+        if final is not None:
+            JobLog(self._log_path(attempt.job_id)).write(
+                f"job {final[0]}: {final[1]}" + (f" ({error})" if error else "")
+            )
+
+    def _settle(
+        self,
+        job_id: str,
+        outcome: policy.Outcome,
+        *,
+        summary: dict[str, Any] | None = None,
+        error: str | None = None,
+        retry: bool = True,
+    ) -> tuple[str, str] | None:
+        """Apply the policy's decision for ``job_id`` after an attempt ended (or could not start).
+
+        Returns the job's new state and the reason, or None when the job is no longer ours (reaped
+        meanwhile: its new owner decides).
+        """
         with self.db.write() as session:
-            job = session.get(Job, attempt.job_id, with_for_update=True)
+            job = session.get(Job, job_id, with_for_update=True)
             if job is None or job.lease_owner != self.owner:
-                del self.attempts[attempt.job_id]
-                self.telemetry.observe_finish(outcome)
-                return  # reaped meanwhile; the new owner decides
+                return None
             decision = policy.after_attempt(
                 outcome,
                 attempts=job.attempts,
-                max_retries=job.max_retries if retryable else 0,
+                max_retries=job.max_retries if retry else 0,
                 cancel_requested=job.cancel_requested,
             )
             if outcome == policy.Outcome.timed_out:
@@ -314,13 +362,7 @@ class Dispatcher:
                 queue.transition(session, job, JobState.queued, message="requeued; resumes from its checkpoint")
             else:
                 queue.transition(session, job, JobState.failed, message=decision.reason, error=error)
-            final = job.state
-        # Only now: if the database was down, the attempt stays here and is finished on a later tick.
-        del self.attempts[attempt.job_id]
-        self.telemetry.observe_finish(outcome)  # fsg_attempts_finished_total{outcome}
-        JobLog(self._log_path(attempt.job_id)).write(
-            f"job {final}: {decision.reason}" + (f" ({error})" if error else "")
-        )
+            return str(job.state), decision.reason
 
     # --- helpers --------------------------------------------------------------------------------
     def _log_path(self, job_id: str) -> Path:
@@ -333,8 +375,11 @@ class Dispatcher:
 
     def _preflight(self, spec: JobSpec) -> str | None:
         root = spec.data.root
-        if root and not Path(root).exists():
-            return f"data.root {root!r} does not exist on the dispatching node"
+        try:
+            if root and not Path(root).exists():
+                return f"data.root {root!r} does not exist on the dispatching node"
+        except OSError as exc:  # a name the file system refuses (too long, ...)
+            return f"data.root cannot be read on the dispatching node: {exc.strerror or type(exc).__name__}"
         return None
 
     def _latest_checkpoint_dir(self, session: Any, job_id: str) -> str | None:
@@ -347,12 +392,6 @@ class Dispatcher:
         if latest is None or not Path(latest.full_path).exists():
             return None
         return str(Path(latest.full_path).parent)
-
-
-def _short_error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    tail = [line for line in text if line.strip()][-3:]
-    return " | ".join(tail)[:2000] or type(exc).__name__
 
 
 def main(settings: Settings | None = None) -> None:

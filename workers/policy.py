@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-__all__ = ["Outcome", "Verdict", "after_attempt", "lease_renewal_due", "timed_out"]
+from fsg_core.errors import NonRetryableError
+
+__all__ = ["Outcome", "Verdict", "after_attempt", "describe", "lease_renewal_due", "retryable", "timed_out"]
 
 
 class Outcome(StrEnum):
@@ -57,3 +60,37 @@ def timed_out(started: datetime | None, timeout_s: float | None, now: datetime) 
 def lease_renewal_due(last_renewal: datetime | None, lease_s: float, now: datetime) -> bool:
     """Renew three times per lease period, so two missed renewals still keep the lease."""
     return last_renewal is None or now - last_renewal >= timedelta(seconds=lease_s / 3)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: Ray's ``RayTaskError.cause`` and Python's ``__cause__``, outermost first."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        wrapped = getattr(current, "cause", None)
+        current = wrapped if isinstance(wrapped, BaseException) else current.__cause__
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether another attempt could succeed: no, when the error (or what it wraps) is a
+    ``NonRetryableError`` (bad data, a bad checkpoint, an invalid spec); yes for anything else (a dead
+    worker, a lost node, an out-of-memory kill, an unknown error)."""
+    return not any(isinstance(e, NonRetryableError) for e in _chain(exc))
+
+
+_WRAPPERS = ("RayTaskError", "RayActorError", "TaskCancelledError")
+
+
+def describe(exc: BaseException, limit: int = 500) -> str:
+    """A short error for the job's record: the innermost error's type and the first line of its message.
+
+    No traceback and no source paths: Ray's own wrappers (whose text is a remote traceback) are looked
+    through to the error they carry.
+    """
+    errors = list(_chain(exc))
+    chosen = next((e for e in reversed(errors) if not type(e).__name__.startswith(_WRAPPERS)), errors[-1])
+    lines = [line.strip() for line in str(chosen).splitlines() if line.strip()]
+    text = f"{type(chosen).__name__}: {lines[0]}" if lines else type(chosen).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

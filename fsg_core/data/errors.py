@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from fsg_core.errors import NonRetryableError
+
 __all__ = ["DatasetError"]
 
 
-class DatasetError(ValueError):
+class DatasetError(NonRetryableError, ValueError):
     """A dataset is missing, corrupt, or not in the expected format.
 
     A ``ValueError`` so that callers validating a ``DataSpec`` (the CLI, the service) can report it

@@ -15,6 +15,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
+from fsg_core.errors import NonRetryableError
+
 if TYPE_CHECKING:
     from fsg_core.binary import BinaryLayer
 
@@ -163,7 +165,7 @@ class LearnedEstimator(Estimator):
         return self
 
 
-class UnknownEstimatorError(KeyError):
+class UnknownEstimatorError(NonRetryableError, KeyError):
     """Raised for a name that is not registered; the message lists the valid names."""
 
     def __init__(self, name: str) -> None:

@@ -7,6 +7,7 @@ from typing import TypeVar
 
 from torch import nn
 
+from fsg_core.errors import NonRetryableError
 from fsg_core.models.factory import LayerFactory
 
 __all__ = ["LayerFactory", "UnknownModelError", "build_model", "names", "register"]
@@ -16,7 +17,7 @@ B = TypeVar("B", bound=Builder)
 _REGISTRY: dict[str, Builder] = {}
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(NonRetryableError, KeyError):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name

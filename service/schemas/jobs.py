@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fsg_core.spec import TrainSpec
 from service.schemas.base import ReadModel, UtcDatetime
@@ -36,10 +36,18 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+RAY_RESOURCE_UNIT = 0.0001  # ray_constants.MIN_RESOURCE_GRANULARITY: the smallest quantity Ray schedules
+
+
 class ResourcesSpec(_Spec):
     num_workers: int = Field(1, ge=1, le=256, description="data-parallel Ray Train workers")
     use_gpu: bool = Field(False, description="one GPU per worker, NCCL; gloo on CPU")
-    cpus_per_worker: float = Field(1.0, gt=0, le=256)
+    cpus_per_worker: float = Field(
+        1.0,
+        ge=RAY_RESOURCE_UNIT,
+        le=256,
+        description="CPUs each worker holds; Ray counts in units of 0.0001, so the value is rounded to one",
+    )
     placement: Literal["pack", "spread"] = Field("pack", description="Ray placement strategy of the workers")
     executor: Literal["ray_train", "ray_task"] = Field(
         "ray_train",
@@ -49,6 +57,12 @@ class ResourcesSpec(_Spec):
             "(small jobs; one worker)"
         ),
     )
+
+    @field_validator("cpus_per_worker")
+    @classmethod
+    def _in_ray_units(cls, value: float) -> float:
+        # Ray refuses a quantity below its unit and keeps 4 decimals: store what Ray will hold.
+        return round(value, 4)  # RAY_RESOURCE_UNIT is 1e-4
 
     @model_validator(mode="after")
     def _task_is_one_worker(self) -> ResourcesSpec:

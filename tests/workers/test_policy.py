@@ -62,3 +62,84 @@ def test_timed_out(started: datetime | None, timeout: float | None, now: datetim
 )
 def test_lease_renewal_three_times_per_lease(last: datetime | None, now: datetime, expected: bool) -> None:
     assert lease_renewal_due(last, 30.0, now) is expected
+
+
+# --- retryable or not, by type ----------------------------------------------------------------------
+
+
+def _ray_task_error(cause: BaseException) -> BaseException:
+    """What ``ray.get`` raises for a task that raised ``cause``: a RayTaskError subclass of the cause's type."""
+    from ray.exceptions import RayTaskError
+
+    text = 'Traceback (most recent call last):\n  File "/srv/fsg/workers/job_runner.py", line 70, in run_job\n'
+    return RayTaskError("run_job", text + f"{type(cause).__name__}: {cause}", cause).as_instanceof_cause()
+
+
+def _non_retryable() -> list[BaseException]:
+    from fsg_core.checkpoint import CheckpointError
+    from fsg_core.data.errors import DatasetError
+    from fsg_core.errors import SpecError
+    from fsg_core.estimators.base import UnknownEstimatorError
+    from fsg_core.estimators.fsg.kernels import KernelUnavailableError
+    from fsg_core.models import UnknownModelError
+
+    return [
+        DatasetError("data.root '/data/c10' holds no cifar-10-python.tar.gz"),
+        CheckpointError("init.checkpoint is not an fsg checkpoint"),
+        SpecError("the stored spec no longer validates: data.root: too long"),
+        UnknownModelError("resnet7"),
+        UnknownEstimatorError("nope"),
+        KernelUnavailableError("kernel 'fused' was asked for: no compiler"),
+    ]
+
+
+def _infrastructure() -> list[BaseException]:
+    from ray import exceptions as rex
+
+    return [
+        rex.WorkerCrashedError(),
+        rex.NodeDiedError("node 10.0.0.3 died"),
+        rex.OutOfMemoryError("Task was killed due to the node running low on memory."),
+        rex.ObjectLostError("00ff", "owner", "call site"),
+        rex.RaySystemError("raylet died"),
+        RuntimeError("CUDA error: an illegal memory access was encountered"),
+        OSError("No space left on device"),
+    ]
+
+
+@pytest.mark.parametrize("make", range(6))
+def test_errors_of_the_job_itself_are_not_retried_plain_or_through_ray(make: int) -> None:
+    from workers.policy import retryable
+
+    exc = _non_retryable()[make]
+    assert not retryable(exc)
+    assert not retryable(_ray_task_error(exc))
+    wrapped = RuntimeError("run failed")
+    wrapped.__cause__ = exc  # raise ... from exc
+    assert not retryable(wrapped)
+
+
+@pytest.mark.parametrize("make", range(7))
+def test_infrastructure_errors_are_retried(make: int) -> None:
+    from workers.policy import retryable
+
+    exc = _infrastructure()[make]
+    assert retryable(exc)
+    assert retryable(_ray_task_error(exc))
+
+
+def test_describe_names_the_innermost_error_without_traceback_or_server_paths() -> None:
+    from fsg_core.data.errors import DatasetError
+    from workers.policy import describe
+
+    text = describe(_ray_task_error(DatasetError("data.root '/data/c10' holds no archive\nsecond line")))
+    assert text == "DatasetError: data.root '/data/c10' holds no archive"
+    assert "/srv/fsg" not in text and "Traceback" not in text
+
+
+def test_describe_bounds_its_length_and_survives_empty_messages() -> None:
+    from workers.policy import describe
+
+    assert describe(RuntimeError()) == "RuntimeError"
+    long = describe(ValueError("x" * 10_000), limit=100)
+    assert len(long) == 100 and long.startswith("ValueError: xxx")

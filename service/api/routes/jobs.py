@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from service.api.deps import (
@@ -100,13 +101,20 @@ def resolve_paths(spec: JobSpec, session: Session, tenant: str, settings: Settin
                 resolved_values.append(check(loc, value, path_fields[path]) if path in path_fields else value)
             space[path] = dim.model_copy(update={"values": resolved_values})
         search = search.model_copy(update={"space": space})
-    return spec.model_copy(
+    resolved = spec.model_copy(
         update={
             "data": spec.data.model_copy(update={"root": data_root}),
             "init": spec.init.model_copy(update={"checkpoint": checkpoint}),
             "search": search,
         }
     )
+    # What is stored must validate again wherever it is read (the dispatcher, a Ray worker): a path can
+    # pass as written and fail once resolved (a relative root grows by the data root's prefix).
+    try:
+        return JobSpec.model_validate(resolved.model_dump(mode="json"))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise invalid(("body", *first["loc"]), f"once resolved: {first['msg']}") from None
 
 
 @router.post(

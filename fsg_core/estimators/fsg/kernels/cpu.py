@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from fsg_core.errors import NonRetryableError
+
 __all__ = ["KernelUnavailableError", "build_flags", "instruction_set", "load"]
 
 SOURCE = Path(__file__).with_name("ssm_temporal.cpp")
@@ -32,8 +34,9 @@ ISA_FLAGS: dict[str, list[str]] = {
 BASE_FLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
 
 
-class KernelUnavailableError(RuntimeError):
-    """The C++ kernel cannot be built or loaded here (no compiler, no ninja, a failed build)."""
+class KernelUnavailableError(NonRetryableError, RuntimeError):
+    """The C++ kernel cannot be built or loaded here (no compiler, no ninja, a failed build); a job that
+    insists on it (``kernel: fused``) fails without retries."""
 
 
 def instruction_set() -> str:

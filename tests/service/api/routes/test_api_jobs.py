@@ -127,6 +127,11 @@ BAD_SPECS = [
     ({"init": {"checkpoint": "/etc/passwd"}}, ["body", "init", "checkpoint"]),
     ({"name": "bad/name"}, ["body", "name"]),
     ({"kind": "search"}, ["body"]),
+    # inputs that once took the dispatcher down (issue #10): a name the file system refuses, and a CPU
+    # count below Ray's unit
+    ({"data": {"dataset": "digits", "root": "a" * 300}}, ["body", "data", "root"]),
+    ({"init": {"checkpoint": "c" * 256}}, ["body", "init", "checkpoint"]),
+    ({"resources": {"cpus_per_worker": 0.00005, "executor": "ray_task"}}, ["body", "resources", "cpus_per_worker"]),
 ]
 
 
@@ -143,6 +148,26 @@ def test_bad_spec_is_422_naming_the_field_and_writes_nothing(
     for item in response.json()["detail"]:
         assert set(item) == {"loc", "msg", "type"} and item["msg"]
     assert counts() == before
+
+
+def test_a_root_that_grows_too_long_once_resolved_is_422_and_writes_nothing(
+    client: TestClient, auth: dict[str, str], tiny_spec: Any, counts: Any
+) -> None:
+    # 4,094 bytes pass as written; the data root's prefix makes the stored path longer than any file system takes
+    before = counts()
+    response = client.post("/v1/jobs", json=tiny_spec(data={"dataset": "digits", "root": "a/" * 2047}), headers=auth)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert [d["loc"] for d in detail] == [["body", "data", "root"]] and "once resolved" in detail[0]["msg"]
+    assert counts() == before
+
+
+def test_cpus_per_worker_is_stored_in_rays_units(client: TestClient, auth: dict[str, str], tiny_spec: Any) -> None:
+    response = client.post(
+        "/v1/jobs?dry_run=true", json=tiny_spec(resources={"cpus_per_worker": 0.33333}), headers=auth
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["spec"]["resources"]["cpus_per_worker"] == 0.3333
 
 
 def test_nested_estimator_param_is_named_without_the_union_tag(

@@ -1,0 +1,230 @@
+"""The dispatcher's tick on a real SQLite queue with Ray replaced by a script: one job's trouble ends or
+retries that job alone, and the loop goes on."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from service.db import queue
+from service.db.engine import Database
+from service.db.migrate import upgrade
+from service.db.models import Job
+from service.settings import Settings
+from tests.service.db.conftest import job_spec
+from tests.workers.test_policy import _infrastructure, _non_retryable, _ray_task_error
+from workers import dispatcher as dispatcher_module
+from workers.dispatcher import Dispatcher
+
+
+@dataclass
+class FakeCluster:
+    cpus: float = 8.0
+
+    def free(self) -> tuple[float, float]:
+        return self.cpus, 0.0
+
+    def total(self) -> tuple[float, float]:
+        return self.cpus, 0.0
+
+    def run_url(self, job_id: str) -> str:
+        return f"http://ray/{job_id}"
+
+
+@dataclass
+class FakeRay:
+    """Stands in for the ``ray`` calls of the dispatcher: launched tasks, their results, cancels."""
+
+    results: dict[str, Any] = field(default_factory=dict)  # ref -> value, or an exception to raise
+    refuse: dict[str, BaseException] = field(default_factory=dict)  # task name fragment -> error at .remote()
+    launched: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+    def remote(self, fn: Any) -> Any:
+        ray = self
+
+        class Task:
+            def __init__(self, options: dict[str, Any]) -> None:
+                self.name = options.get("name", "")
+
+            def remote(self, ctx: Any) -> str:
+                for fragment, error in ray.refuse.items():
+                    if fragment in self.name:
+                        raise error
+                ray.launched.append(ctx.job_id)
+                return ctx.job_id  # the "ref" is the job id
+
+        class Remote:
+            def options(self, **options: Any) -> Task:
+                return Task(options)
+
+        return Remote()
+
+    def wait(self, refs: list[str], num_returns: int, timeout: float) -> tuple[list[str], list[str]]:
+        done = [r for r in refs if r in self.results]
+        return done, [r for r in refs if r not in self.results]
+
+    def get(self, ref: str) -> Any:
+        value = self.results[ref]
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    def cancel(self, ref: str, force: bool = False) -> None:
+        self.cancelled.append(ref)
+
+
+@pytest.fixture
+def fake_ray(monkeypatch: pytest.MonkeyPatch) -> FakeRay:
+    fake = FakeRay()
+    for name in ("wait", "get", "cancel"):
+        monkeypatch.setattr(dispatcher_module.ray, name, getattr(fake, name))
+    return fake
+
+
+@pytest.fixture
+def dispatcher(tmp_path: Path, fake_ray: FakeRay) -> Iterator[Dispatcher]:
+    url = f"sqlite:///{tmp_path / 'fsg.db'}"
+    upgrade(url)
+    settings = Settings(home=tmp_path, database_url=url, lease_s=30, poll_interval_s=0.1)
+    db = Database.from_url(url)
+    d = Dispatcher(settings, db, owner="test-dispatcher")
+    d.cluster = FakeCluster()  # type: ignore[assignment]
+    d._remote = fake_ray.remote(None)
+    try:
+        yield d
+    finally:
+        db.dispose()
+
+
+def submit(d: Dispatcher, **overrides: Any) -> str:
+    with d.db.write() as session:
+        job, _ = queue.enqueue(session, tenant="t", spec=job_spec(**overrides))
+        return job.id
+
+
+def state(d: Dispatcher, job_id: str) -> tuple[str, str | None, int]:
+    with d.db.read() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return str(job.state), job.error, job.attempts
+
+
+def test_a_job_that_succeeds_records_its_summary(dispatcher: Dispatcher, fake_ray: FakeRay) -> None:
+    job = submit(dispatcher)
+    dispatcher.tick()
+    assert fake_ray.launched == [job] and state(dispatcher, job)[0] == "running"
+    fake_ray.results[job] = {"best_val_acc": 0.9}
+    dispatcher.tick()
+    assert state(dispatcher, job)[0] == "succeeded"
+
+
+@pytest.mark.parametrize("which", range(6))
+def test_an_error_of_the_job_itself_fails_it_at_once_and_the_next_job_runs(
+    dispatcher: Dispatcher, fake_ray: FakeRay, which: int
+) -> None:
+    error = _non_retryable()[which]
+    bad = submit(dispatcher, max_retries=3)
+    dispatcher.tick()
+    fake_ray.results[bad] = _ray_task_error(error)
+    good = submit(dispatcher)
+    dispatcher.tick()  # finishes the bad one, launches the good one
+    status, message, attempts = state(dispatcher, bad)
+    assert (status, attempts) == ("failed", 1)  # no retry, although 3 were allowed
+    assert message is not None and message.startswith(type(error).__name__) and "Traceback" not in message
+    assert fake_ray.launched == [bad, good]
+
+
+@pytest.mark.parametrize("which", range(7))
+def test_an_infrastructure_error_retries_the_job_and_then_fails_it(
+    dispatcher: Dispatcher, fake_ray: FakeRay, which: int
+) -> None:
+    error = _infrastructure()[which]
+    job = submit(dispatcher, max_retries=1)
+    dispatcher.tick()
+    fake_ray.results[job] = error
+    dispatcher.tick()  # attempt 1 failed: back to the queue, and claimed again in the same tick
+    assert state(dispatcher, job)[:1] == ("running",) and state(dispatcher, job)[2] == 2
+    assert fake_ray.launched == [job, job]
+    dispatcher.tick()  # attempt 2 fails the same way: no retries left
+    status, message, attempts = state(dispatcher, job)
+    assert (status, attempts) == ("failed", 2) and message is not None and type(error).__name__ in message
+
+
+def test_a_launch_ray_refuses_ends_that_job_and_the_loop_goes_on(dispatcher: Dispatcher, fake_ray: FakeRay) -> None:
+    bad = submit(dispatcher, max_retries=0)
+    fake_ray.refuse[bad] = ValueError(
+        "The precision of the fractional quantity of resource CPU cannot go beyond 0.0001"
+    )
+    good = submit(dispatcher)
+    dispatcher.tick()
+    status, message, _ = state(dispatcher, bad)
+    assert status == "failed" and message is not None and "0.0001" in message
+    assert state(dispatcher, good)[0] == "running" and fake_ray.launched == [good]
+
+
+def test_a_stored_spec_that_no_longer_validates_fails_naming_the_field(
+    dispatcher: Dispatcher, fake_ray: FakeRay
+) -> None:
+    bad = submit(dispatcher, max_retries=2)
+    with dispatcher.db.write() as session:
+        job = session.get(Job, bad)
+        assert job is not None
+        session.execute(update(Job).where(Job.id == bad).values(spec={**job.spec, "data": {"root": "a" * 300}}))
+    good = submit(dispatcher)
+    dispatcher.tick()
+    status, message, attempts = state(dispatcher, bad)
+    assert (status, attempts) == ("failed", 1)  # not retried: the spec will not get better
+    assert message is not None and "data.root" in message and "SpecError" in message
+    assert fake_ray.launched == [good]
+
+
+def test_a_data_root_the_file_system_refuses_fails_the_job(
+    dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def too_long(self: Path) -> bool:
+        raise OSError(36, "File name too long")
+
+    monkeypatch.setattr(dispatcher_module.Path, "exists", too_long)
+    problem = dispatcher._preflight(job_spec(data={"dataset": "digits", "root": "/data/x"}))
+    assert problem is not None and "data.root" in problem and "File name too long" in problem
+
+
+def test_the_tick_survives_an_unexpected_error_and_still_dispatches(
+    dispatcher: Dispatcher, fake_ray: FakeRay, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def watch() -> None:
+        raise RuntimeError("a bug in watch")
+
+    monkeypatch.setattr(dispatcher, "watch", watch)
+    job = submit(dispatcher)
+    with caplog.at_level(logging.ERROR, logger="fsg.dispatcher"):
+        dispatcher.tick()
+    assert "dispatcher watch failed" in caplog.text
+    assert fake_ray.launched == [job]  # the phases after the broken one still ran
+
+
+def test_one_attempt_whose_bookkeeping_fails_does_not_stall_the_others(
+    dispatcher: Dispatcher, fake_ray: FakeRay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = submit(dispatcher), submit(dispatcher)
+    dispatcher.tick()
+    fake_ray.results[a] = {"ok": 1}
+    fake_ray.results[b] = {"ok": 2}
+    real_finish = dispatcher.finish
+
+    def finish(attempt: Any) -> None:
+        if attempt.job_id == a:
+            raise RuntimeError("summary could not be written")
+        real_finish(attempt)
+
+    monkeypatch.setattr(dispatcher, "finish", finish)
+    dispatcher.tick()
+    assert state(dispatcher, b)[0] == "succeeded"
+    assert a not in dispatcher.attempts  # left to its lease: a reap settles it
