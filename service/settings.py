@@ -64,6 +64,20 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines as text, or one JSON object per line (with job_id, attempt, dispatcher)"
     )
+    # Quotas every tenant gets unless `fsg tenant set` overrides them (unset: no limit).
+    tenant_max_running: int | None = Field(None, ge=1, description="jobs a tenant may have on Ray at once")
+    tenant_max_cpus: float | None = Field(None, gt=0, description="CPUs a tenant's running jobs may hold")
+    tenant_max_gpus: float | None = Field(None, ge=0, description="GPUs a tenant's running jobs may hold")
+    tenant_max_queued: int | None = Field(None, ge=0, description="jobs a tenant may have waiting; more is 429")
+    tenant_max_priority: int | None = Field(None, description="the highest priority a tenant may ask for")
+    reserve_after_s: float = Field(
+        600.0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="a job that waited this long and does not fit reserves what it needs: jobs behind it no "
+        "longer run ahead of it (backfill without starvation)",
+    )
+    retry_after_s: int = Field(30, ge=1, le=3600, description="Retry-After of a 429 for a full queue quota")
     token_ttl_days: int = Field(90, ge=1, le=3650)
     max_page_size: int = Field(200, ge=1, le=10_000)
 

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from ray.exceptions import TaskCancelledError
 
 from fsg_core.errors import SpecError
-from service.db import queue, records
+from service.db import queue, reads, records, tenants
 from service.db.engine import UNAVAILABLE, Database
 from service.db.models import Checkpoint, Job, utcnow
 from service.db.states import JobState
@@ -85,7 +85,7 @@ class Dispatcher:
         # Attempts must not be retried by Ray behind our back: retries are the queue's decision.
         self._remote = ray.remote(num_cpus=0, max_retries=0)(run_job)
         self.reap()
-        self.telemetry.start()  # metrics endpoint (when configured) and the first heartbeat
+        self.telemetry.start(cluster=self._totals())  # metrics endpoint (when configured), the first heartbeat
         log.info("dispatcher %s ready on Ray %s", self.owner, self.cluster.address)
         return self.cluster
 
@@ -138,7 +138,8 @@ class Dispatcher:
     def tick(self) -> None:
         """One pass; a database outage skips the rest of the pass (attempts keep running on Ray, and
         their verdicts wait in ``self.attempts`` until the database answers again)."""
-        self.telemetry.tick(len(self.attempts))  # heartbeat when due; never raises for the database
+        # Heartbeat when due, with the cluster's totals (the API's admission); never raises for the database.
+        self.telemetry.tick(len(self.attempts), cluster=self._totals())
         for phase in (self.watch, self._reap_when_due, self.dispatch):
             try:
                 phase()
@@ -151,6 +152,26 @@ class Dispatcher:
     def _reap_when_due(self) -> None:
         if time.monotonic() - self._last_reap >= self.settings.lease_s / 2:
             self.reap()
+            self.refuse_unfittable()
+
+    def _totals(self) -> tuple[float, float] | None:
+        try:
+            return self.cluster.total() if self.cluster is not None else None
+        except Exception:  # noqa: BLE001 - Ray's GCS briefly away: the heartbeat goes without totals
+            log.warning("Ray's cluster totals unavailable; heartbeat without them", exc_info=True)
+            return None
+
+    def refuse_unfittable(self) -> list[str]:
+        """Fail the queued jobs that no live dispatcher's Ray cluster can hold any more (a cluster shrank
+        under them, or they came before any dispatcher had published its totals)."""
+        since = utcnow() - timedelta(seconds=3 * self.settings.heartbeat_s)
+        with self.db.write() as session:
+            failed = queue.fail_unfittable(session, reads.live_clusters(session, since=since))
+            refused = [(job.id, job.error or "") for job in failed]
+        for job_id, reason in refused:
+            log.warning("job %s refused: %s", job_id, reason, extra={"job_id": job_id})
+            JobLog(self._log_path(job_id)).write(reason)
+        return [job_id for job_id, _ in refused]
 
     def reap(self) -> list[str]:
         self._last_reap = time.monotonic()
@@ -171,15 +192,22 @@ class Dispatcher:
         return min(cpus, total_cpus - ours_cpus), min(gpus, total_gpus - ours_gpus)
 
     def dispatch(self) -> None:
+        assert self.cluster is not None
+        defaults = tenants.default_quota(self.settings)
         while not self.stop_event.is_set():
             cpus, gpus = self.free_resources()
+            total_cpus, total_gpus = self.cluster.total()
             job = self.telemetry.claim(  # times the claim, counts a claimed job
                 queue.claim_next,
                 self.db,
                 owner=self.owner,
                 lease_s=self.settings.lease_s,
-                free_cpus=cpus + 1e-9,
-                free_gpus=gpus + 1e-9,
+                free_cpus=cpus,
+                free_gpus=gpus,
+                total_cpus=total_cpus,
+                total_gpus=total_gpus,
+                defaults=defaults,
+                reserve_after_s=self.settings.reserve_after_s,
             )
             if job is None:
                 return

@@ -118,8 +118,11 @@ class Heartbeat:
         self.last_written: float | None = None  # wall time (time.time()) of the last successful write
         self._last_try: float | None = None
 
-    def beat(self, *, running_attempts: int, claims: int, force: bool = False) -> bool:
-        """Write the row unless the last try was under ``interval_s`` ago (``force``: write anyway).
+    def beat(
+        self, *, running_attempts: int, claims: int, cluster: tuple[float, float] | None = None, force: bool = False
+    ) -> bool:
+        """Write the row unless the last try was under ``interval_s`` ago (``force``: write anyway), with
+        the Ray cluster's totals (CPUs, GPUs) when given.
 
         A failed write is logged, and the next try waits ``interval_s`` too, so an unreachable
         database costs one attempt per interval rather than one per loop.
@@ -141,6 +144,7 @@ class Heartbeat:
                     started_at=self.started_at,
                     running_attempts=running_attempts,
                     claims=claims,
+                    cluster=cluster,
                 )
         except SQLAlchemyError as exc:
             log.warning("heartbeat not written: %s", _first_line(exc), extra={"dispatcher": self.owner})
@@ -210,7 +214,7 @@ class DispatcherTelemetry:
         return None if self.server is None else int(self.server.server_port)
 
     # --- hooks ----------------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, *, cluster: tuple[float, float] | None = None) -> None:
         """Serve the metrics (when a port is set), prune old heartbeats and write the first one."""
         logging.getLogger("fsg.dispatcher").addFilter(self._log_context)
         port = self.settings.dispatcher_metrics_port
@@ -220,13 +224,13 @@ class DispatcherTelemetry:
             )
             log.info("metrics on http://%s:%d/metrics", self.settings.api_host, self.metrics_port)
         self.heartbeat.prune()
-        self.tick(self.running_attempts, force=True)
+        self.tick(self.running_attempts, cluster=cluster, force=True)
 
-    def tick(self, running_attempts: int, *, force: bool = False) -> None:
-        """Once per loop: the running-attempts gauge, and the heartbeat when it is due."""
+    def tick(self, running_attempts: int, *, cluster: tuple[float, float] | None = None, force: bool = False) -> None:
+        """Once per loop: the running-attempts gauge, and the heartbeat (with the cluster's totals) when due."""
         self.running_attempts = running_attempts
         self.metrics.running_attempts.set(running_attempts)
-        if self.heartbeat.beat(running_attempts=running_attempts, claims=self.claims, force=force):
+        if self.heartbeat.beat(running_attempts=running_attempts, claims=self.claims, cluster=cluster, force=force):
             assert self.heartbeat.last_written is not None
             self.metrics.last_heartbeat.set(self.heartbeat.last_written)
 

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from service.db.engine import UNAVAILABLE
-from service.db.queue import IdempotencyConflict
+from service.db.queue import IdempotencyConflict, QueueFull
 from service.db.states import IllegalTransition
 from service.storage import ArtifactNotFound
 
@@ -121,6 +121,12 @@ async def _on_unstorable(request: Request, exc: Exception) -> JSONResponse:
     return _detail(400, "a value in the request cannot be stored or searched for (control characters, range)")
 
 
+async def _on_queue_full(request: Request, exc: Exception) -> JSONResponse:
+    settings = getattr(request.app.state, "settings", None)
+    retry_after = settings.retry_after_s if settings is not None else 30
+    return _detail(429, str(exc), {"Retry-After": str(retry_after)})
+
+
 async def _on_database_down(_: Request, exc: Exception) -> JSONResponse:
     log.error("database unavailable: %s", exc)
     return _detail(503, "the database is unavailable; retry later", {"Retry-After": "5"})
@@ -163,6 +169,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(IllegalTransition, _on_conflict)
     app.add_exception_handler(AlreadyFinished, _on_conflict)
     app.add_exception_handler(InvalidParameter, _on_bad_request)
+    app.add_exception_handler(QueueFull, _on_queue_full)
     app.add_exception_handler(DataError, _on_unstorable)
     for unavailable in UNAVAILABLE:
         app.add_exception_handler(unavailable, _on_database_down)

@@ -32,6 +32,7 @@ __all__ = [
     "Job",
     "JobEvent",
     "Metric",
+    "Tenant",
     "Token",
     "Trial",
     "UTCDateTime",
@@ -216,3 +217,22 @@ class DispatcherHeartbeat(Base):
     running_attempts: Mapped[int] = mapped_column(Integer, default=0)
     claims: Mapped[int] = mapped_column(BigInteger, default=0)  # jobs claimed since started_at
     stopped_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The totals of the Ray cluster this dispatcher runs on: the API refuses jobs no live cluster can hold.
+    cluster_cpus: Mapped[float | None] = mapped_column(Float, default=None)
+    cluster_gpus: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class Tenant(Base):
+    """A tenant's quotas, where an operator set them (``fsg tenant set``); a missing row or a NULL
+    column means the default of the settings (``FSG_TENANT_MAX_*``), and a default of None no limit."""
+
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    max_running: Mapped[int | None] = mapped_column(Integer, default=None)  # jobs dispatching/running/cancelling
+    max_cpus: Mapped[float | None] = mapped_column(Float, default=None)  # CPUs held by those jobs
+    max_gpus: Mapped[float | None] = mapped_column(Float, default=None)
+    max_queued: Mapped[int | None] = mapped_column(Integer, default=None)  # queued + retrying jobs
+    max_priority: Mapped[int | None] = mapped_column(Integer, default=None)  # the highest priority it may ask
+    share: Mapped[float | None] = mapped_column(Float, default=None)  # weight in the fair share (default 1)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

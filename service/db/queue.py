@@ -13,26 +13,34 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from service.db import scheduling, tenants
 from service.db.engine import Database
 from service.db.models import Job, JobEvent, utcnow
+from service.db.scheduling import Quota
 from service.db.states import ACTIVE, TERMINAL, JobState, check_transition
 from service.schemas.jobs import JobSpec
 
 __all__ = [
     "IdempotencyConflict",
+    "QueueFull",
     "claim_next",
     "enqueue",
+    "fail_unfittable",
+    "lock_tenant",
+    "queued_count",
     "reap_expired",
     "release",
     "renew_lease",
     "request_cancel",
     "request_hash",
+    "tenant_usage",
     "transition",
+    "unfittable",
 ]
 
 
@@ -42,6 +50,14 @@ class IdempotencyConflict(ValueError):
     def __init__(self, key: str, job_id: str) -> None:
         super().__init__(f"Idempotency-Key {key!r} was already used for job {job_id} with a different body")
         self.key, self.job_id = key, job_id
+
+
+class QueueFull(RuntimeError):
+    """The tenant already has ``max_queued`` jobs waiting (the API answers 429 with Retry-After)."""
+
+    def __init__(self, tenant: str, limit: int) -> None:
+        super().__init__(f"tenant {tenant!r} already has {limit} jobs waiting (its max_queued); retry later")
+        self.tenant, self.limit = tenant, limit
 
 
 def request_hash(spec: JobSpec) -> str:
@@ -65,20 +81,35 @@ def _event(
     return event
 
 
-def enqueue(session: Session, *, tenant: str, spec: JobSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
+def enqueue(
+    session: Session,
+    *,
+    tenant: str,
+    spec: JobSpec,
+    idempotency_key: str | None = None,
+    max_queued: int | None = None,
+) -> tuple[Job, bool]:
     """Insert a queued job, or return the job an earlier request with the same key created.
+
+    ``max_queued``: the tenant's limit on waiting jobs, counted under the tenant's lock (PostgreSQL),
+    so concurrent submissions cannot overshoot it; a replay is never refused.
 
     Returns:
         (job, created): ``created`` is False for an idempotent replay.
 
     Raises:
         IdempotencyConflict: the key was used before with a different spec.
+        QueueFull: the tenant has ``max_queued`` jobs waiting already.
     """
     digest = request_hash(spec)
     if idempotency_key is not None:
         existing = _replayed(session, tenant, idempotency_key, digest)
         if existing is not None:
             return existing, False
+    if max_queued is not None:
+        lock_tenant(session, tenant)
+        if queued_count(session, tenant) >= max_queued:
+            raise QueueFull(tenant, max_queued)
     job = Job(
         tenant=tenant,
         name=spec.name,
@@ -169,6 +200,11 @@ def transition(
     return _event(session, job, from_state=current, to_state=target, message=message, data=data)
 
 
+# Per tenant, the best few queued jobs are enough to choose from: the claim takes one job, and a few
+# per tenant let a small job run beside a tenant's big head that does not fit (backfill).
+CANDIDATES_PER_TENANT = 8
+
+
 def claim_next(
     db: Database,
     *,
@@ -176,57 +212,173 @@ def claim_next(
     lease_s: float,
     free_cpus: float,
     free_gpus: float,
+    total_cpus: float | None = None,
+    total_gpus: float | None = None,
+    defaults: Quota = Quota(),
+    reserve_after_s: float = 600.0,
 ) -> Job | None:
-    """Claim the head of the queue (priority, then age) if its resources fit, else nothing.
+    """Claim the job that should run next on a dispatcher with these free resources, or nothing.
 
-    The head is never skipped for a smaller job behind it, so big jobs do not starve. On success the
-    job is ``dispatching`` with a lease held by ``owner`` and its attempt counter incremented. The
-    claim is its own transaction; the returned job is detached and fully loaded.
+    The order is ``scheduling.choose``'s: fair share between tenants, then priority, then age; quotas
+    respected; a job that does not fit now lets smaller ones behind it run until it has waited
+    ``reserve_after_s``. Jobs bigger than the cluster's totals are never candidates (the API refuses
+    them; ``fail_unfittable`` ends those left behind by a shrinking cluster).
+
+    One short transaction: candidates and usage are read, then the chosen job's row is locked with
+    ``SKIP LOCKED`` (a job another dispatcher is claiming is passed over, never waited for) and, for a
+    tenant with limits on what it runs, its quota is checked again under a per-tenant advisory lock
+    taken with *try* (never blocking, never deadlocking), so no two dispatchers can take a tenant over
+    its limit between them. On SQLite the transaction holds the one writer lock. On success the job is
+    ``dispatching`` with a lease held by ``owner`` and its attempt counter incremented; the returned job
+    is detached and fully loaded.
     """
     now = utcnow()
-    head = (
-        select(Job.id)
-        .where(Job.state == JobState.queued)
-        .order_by(Job.priority.desc(), Job.created_at, Job.id)
-        .limit(1)
+    total = (free_cpus if total_cpus is None else total_cpus, free_gpus if total_gpus is None else total_gpus)
+    with db.write() as session:
+        candidates = _candidates(session, total)
+        if not candidates:
+            return None
+        usage = tenant_usage(session)
+        quotas = tenants.quotas(session, {c.tenant for c in candidates}, defaults)
+        for choice in scheduling.choose(
+            candidates,
+            usage,
+            quotas,
+            free=(free_cpus, free_gpus),
+            total=total,
+            now=now,
+            reserve_after_s=reserve_after_s,
+        ):
+            quota = quotas[choice.tenant]
+            limited = any(limit is not None for limit in (quota.max_running, quota.max_cpus, quota.max_gpus))
+            if limited and not db.sqlite:
+                if not _try_tenant_lock(session, choice.tenant):
+                    continue  # another dispatcher is claiming for this tenant right now
+                fresh = tenant_usage(session, tenant=choice.tenant).get(choice.tenant, scheduling.Usage())
+                if scheduling.over_quota(fresh, quota, choice.cpus, choice.gpus) is not None:
+                    continue
+            job = _take(session, choice.id, owner=owner, lease_until=now + timedelta(seconds=lease_s), now=now)
+            if job is not None:
+                return job
+    return None
+
+
+def _candidates(session: Session, total: tuple[float, float]) -> list[scheduling.Candidate]:
+    """Each tenant's best few queued jobs (priority, then age) that the cluster could ever hold."""
+    rank = (
+        func.row_number()
+        .over(partition_by=Job.tenant, order_by=(Job.priority.desc(), Job.created_at, Job.id))
+        .label("rank")
     )
-    if not db.sqlite:
-        head = head.with_for_update(skip_locked=True)
-    stmt = (
-        update(Job)
-        # ``state`` again: PostgreSQL re-checks this WHERE on the row's latest version, so even a
-        # subquery that lost its row lock could not claim a job twice.
+    ranked = (
+        select(Job.id, Job.tenant, Job.priority, Job.created_at, Job.updated_at, Job.cpus, Job.gpus, rank)
         .where(
-            Job.id == head.scalar_subquery(),
             Job.state == JobState.queued,
-            Job.cpus <= free_cpus,
-            Job.gpus <= free_gpus,
+            Job.cpus <= total[0] + scheduling.EPSILON,
+            Job.gpus <= total[1] + scheduling.EPSILON,
         )
+        .subquery()
+    )
+    rows = session.execute(select(ranked).where(ranked.c.rank <= CANDIDATES_PER_TENANT)).all()
+    # A queued job's updated_at is its entry into queued: nothing else writes a queued row.
+    return [scheduling.Candidate(r.id, r.tenant, r.priority, r.created_at, r.updated_at, r.cpus, r.gpus) for r in rows]
+
+
+def tenant_usage(session: Session, *, tenant: str | None = None) -> dict[str, scheduling.Usage]:
+    """Per tenant, its jobs on Ray now (dispatching, running, cancelling) and what they hold."""
+    stmt = (
+        select(Job.tenant, func.count(), func.coalesce(func.sum(Job.cpus), 0.0), func.coalesce(func.sum(Job.gpus), 0.0))
+        .where(Job.state.in_([s.value for s in ACTIVE]))
+        .group_by(Job.tenant)
+    )
+    if tenant is not None:
+        stmt = stmt.where(Job.tenant == tenant)
+    return {name: scheduling.Usage(int(n), float(c), float(g)) for name, n, c, g in session.execute(stmt)}
+
+
+def _try_tenant_lock(session: Session, tenant: str) -> bool:
+    """PostgreSQL: a transaction-scoped advisory lock on the tenant's name, without waiting."""
+    key = func.hashtextextended(f"fsg.tenant:{tenant}", 0)
+    return bool(session.scalar(select(func.pg_try_advisory_xact_lock(key))))
+
+
+def lock_tenant(session: Session, tenant: str) -> None:
+    """PostgreSQL: wait for the tenant's advisory lock (the API's queued-quota check); SQLite needs none."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(f"fsg.tenant:{tenant}", 0))))
+
+
+def _take(session: Session, job_id: str, *, owner: str, lease_until: datetime, now: datetime) -> Job | None:
+    """Lock the job's row (``SKIP LOCKED``) and make it ``dispatching`` under ``owner``'s lease, or None
+    when another dispatcher holds or has taken it."""
+    locked = select(Job.id).where(Job.id == job_id, Job.state == JobState.queued)
+    if session.get_bind().dialect.name == "postgresql":
+        locked = locked.with_for_update(skip_locked=True)
+    if session.scalar(locked) is None:
+        return None
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
         .values(
             state=JobState.dispatching,
             lease_owner=owner,
-            lease_until=now + timedelta(seconds=lease_s),
+            lease_until=lease_until,
             attempts=Job.attempts + 1,
             updated_at=now,
         )
-        .returning(Job.id)
         .execution_options(synchronize_session=False)
     )
-    with db.write() as session:
-        job_id = session.scalar(stmt)
-        if job_id is None:
-            return None
-        job = session.get(Job, job_id, populate_existing=True)
-        assert job is not None
-        _event(
-            session,
-            job,
-            from_state=JobState.queued,
-            to_state=JobState.dispatching,
-            message=f"claimed by {owner} (attempt {job.attempts})",
-            data={"owner": owner, "attempt": job.attempts},
-        )
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    _event(
+        session,
+        job,
+        from_state=JobState.queued,
+        to_state=JobState.dispatching,
+        message=f"claimed by {owner} (attempt {job.attempts})",
+        data={"owner": owner, "attempt": job.attempts},
+    )
     return job
+
+
+def queued_count(session: Session, tenant: str) -> int:
+    """The tenant's jobs waiting to run (queued or retrying): what ``max_queued`` limits."""
+    waiting = [JobState.queued.value, JobState.retrying.value]
+    return int(session.scalar(select(func.count()).where(Job.tenant == tenant, Job.state.in_(waiting))) or 0)
+
+
+def fail_unfittable(session: Session, clusters: list[tuple[float, float]]) -> list[Job]:
+    """End the queued jobs that none of ``clusters`` (total CPUs, GPUs) can hold (the live clusters
+    shrank under them): each ``failed`` with a message naming the resource and the totals."""
+    if not clusters:
+        return []
+    fits_one = [(Job.cpus <= c + scheduling.EPSILON) & (Job.gpus <= g + scheduling.EPSILON) for c, g in clusters]
+    jobs = session.scalars(
+        select(Job)
+        .where(Job.state == JobState.queued, ~or_(*fits_one))
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    ).all()
+    for job in jobs:
+        reason = unfittable(job.cpus, job.gpus, clusters)
+        if reason is not None:
+            transition(session, job, JobState.failed, message=reason, error=reason)
+    return list(jobs)
+
+
+def unfittable(need_cpus: float, need_gpus: float, clusters: list[tuple[float, float]]) -> str | None:
+    """Why a job needing ``need_*`` fits none of ``clusters`` (total CPUs, GPUs), or None when one holds
+    it (or none is known)."""
+    if not clusters or any(
+        need_cpus <= c + scheduling.EPSILON and need_gpus <= g + scheduling.EPSILON for c, g in clusters
+    ):
+        return None
+    cpus, gpus = max(clusters)
+    what = "largest Ray cluster of a live dispatcher" if len(clusters) > 1 else "Ray cluster of the live dispatcher"
+    totals = f"the {what} has {cpus:g} CPUs and {gpus:g} GPUs"
+    if all(need_gpus > g + scheduling.EPSILON for _, g in clusters):
+        return f"resources: the job needs {need_gpus:g} GPUs (num_workers with use_gpu); {totals}"
+    return f"resources: the job needs {need_cpus:g} CPUs (num_workers x cpus_per_worker); {totals}"
 
 
 def renew_lease(session: Session, job_id: str, *, owner: str, lease_s: float) -> bool:

@@ -25,6 +25,7 @@ __all__ = [
     "list_jobs",
     "list_metrics",
     "list_trials",
+    "live_clusters",
     "oldest_queued_at",
     "state_events",
 ]
@@ -171,3 +172,16 @@ def list_dispatchers(session: Session, *, since: datetime, limit: int = 100) -> 
         .limit(limit)
     )
     return list(session.scalars(query))
+
+
+def live_clusters(session: Session, *, since: datetime) -> list[tuple[float, float]]:
+    """The Ray clusters (total CPUs, GPUs) that live dispatchers published: not cleanly stopped, beating
+    at or after ``since``. Empty when none has published one (then nothing can be judged)."""
+    rows = session.execute(
+        select(DispatcherHeartbeat.cluster_cpus, DispatcherHeartbeat.cluster_gpus).where(
+            DispatcherHeartbeat.stopped_at.is_(None),
+            DispatcherHeartbeat.heartbeat_at >= since,
+            DispatcherHeartbeat.cluster_cpus.is_not(None),
+        )
+    ).all()
+    return sorted({(float(c), float(g or 0.0)) for c, g in rows}, reverse=True)

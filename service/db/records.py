@@ -248,10 +248,12 @@ def record_heartbeat(
     started_at: datetime,
     running_attempts: int,
     claims: int,
+    cluster: tuple[float, float] | None = None,
     now: datetime | None = None,
 ) -> None:
     """Upsert the dispatcher ``owner``'s row: alive at ``now`` (default: the current time), with
-    ``running_attempts`` attempts on Ray and ``claims`` jobs claimed since ``started_at``.
+    ``running_attempts`` attempts on Ray, ``claims`` jobs claimed since ``started_at`` and its Ray
+    cluster's total (CPUs, GPUs) when known (None keeps what the row had).
 
     A beat after ``record_stopped`` (an owner string reused) clears ``stopped_at`` again.
     """
@@ -265,6 +267,8 @@ def record_heartbeat(
         "claims": claims,
         "stopped_at": None,
     }
+    if cluster is not None:
+        values["cluster_cpus"], values["cluster_gpus"] = cluster
     stmt = _insert(session, DispatcherHeartbeat).values(owner=owner, **values)
     session.execute(stmt.on_conflict_do_update(index_elements=[DispatcherHeartbeat.owner], set_=values))
 

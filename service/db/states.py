@@ -28,7 +28,8 @@ TERMINAL = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
 ACTIVE = frozenset({JobState.dispatching, JobState.running, JobState.cancelling})
 
 ALLOWED: dict[JobState, frozenset[JobState]] = {
-    JobState.queued: frozenset({JobState.dispatching, JobState.cancelled}),
+    # queued -> failed: no live Ray cluster can hold the job any more (admission, after a cluster shrank).
+    JobState.queued: frozenset({JobState.dispatching, JobState.cancelled, JobState.failed}),
     JobState.dispatching: frozenset(
         {JobState.running, JobState.queued, JobState.retrying, JobState.failed, JobState.cancelling, JobState.cancelled}
     ),

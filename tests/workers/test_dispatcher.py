@@ -6,16 +6,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import update
 
-from service.db import queue
+from service.db import queue, tenants
 from service.db.engine import Database
 from service.db.migrate import upgrade
-from service.db.models import Job
+from service.db.models import Job, utcnow
 from service.settings import Settings
 from tests.service.db.conftest import job_spec
 from tests.workers.test_policy import _infrastructure, _non_retryable, _ray_task_error
@@ -103,9 +104,9 @@ def dispatcher(tmp_path: Path, fake_ray: FakeRay) -> Iterator[Dispatcher]:
         db.dispose()
 
 
-def submit(d: Dispatcher, **overrides: Any) -> str:
+def submit(d: Dispatcher, tenant: str = "t", **overrides: Any) -> str:
     with d.db.write() as session:
-        job, _ = queue.enqueue(session, tenant="t", spec=job_spec(**overrides))
+        job, _ = queue.enqueue(session, tenant=tenant, spec=job_spec(**overrides))
         return job.id
 
 
@@ -228,3 +229,76 @@ def test_one_attempt_whose_bookkeeping_fails_does_not_stall_the_others(
     dispatcher.tick()
     assert state(dispatcher, b)[0] == "succeeded"
     assert a not in dispatcher.attempts  # left to its lease: a reap settles it
+
+
+# -- admission, backfill, fair share ------------------------------------------------------------
+
+
+def test_a_job_no_cluster_can_hold_fails_naming_the_resource(dispatcher: Dispatcher, fake_ray: FakeRay) -> None:
+    huge = submit(dispatcher, cpus=64)
+    small = submit(dispatcher)
+    dispatcher.tick()  # the heartbeat publishes 8 CPUs; the admission pass refuses what can never fit
+    status, message, attempts = state(dispatcher, huge)
+    assert (status, attempts) == ("failed", 0)
+    assert message is not None and "needs 64 CPUs" in message and "8 CPUs and 0 GPUs" in message
+    assert fake_ray.launched == [small]
+
+
+def test_a_big_job_that_fits_later_does_not_hold_back_another_tenants_small_job(
+    dispatcher: Dispatcher, fake_ray: FakeRay
+) -> None:
+    dispatcher.cluster = FakeCluster(cpus=4)  # type: ignore[assignment]
+    running = submit(dispatcher, tenant="a", cpus=2)
+    dispatcher.tick()
+    big = submit(dispatcher, tenant="a", cpus=4, priority=1000)
+    small = submit(dispatcher, tenant="b", cpus=1)
+    dispatcher.tick()
+    assert fake_ray.launched == [running, small]  # within one tick, beside the waiting big job
+    assert state(dispatcher, big)[0] == "queued"
+    fake_ray.results[running] = {}
+    fake_ray.results[small] = {}
+    dispatcher.tick()
+    assert state(dispatcher, big)[0] == "running"
+
+
+def test_a_big_job_that_waited_long_stops_smaller_jobs_from_passing_it(
+    dispatcher: Dispatcher, fake_ray: FakeRay
+) -> None:
+    dispatcher.cluster = FakeCluster(cpus=4)  # type: ignore[assignment]
+    running = submit(dispatcher, tenant="a", cpus=2)
+    dispatcher.tick()
+    big = submit(dispatcher, tenant="a", cpus=4, priority=1000)
+    with dispatcher.db.write() as session:  # queued for longer than reserve_after_s (600 s)
+        session.execute(update(Job).where(Job.id == big).values(updated_at=utcnow() - timedelta(seconds=601)))
+    small = submit(dispatcher, tenant="b", cpus=1)
+    dispatcher.tick()
+    assert fake_ray.launched == [running]  # 2 CPUs free, but held for the big job
+    fake_ray.results[running] = {}
+    dispatcher.tick()
+    assert fake_ray.launched == [running, big] and state(dispatcher, small)[0] == "queued"
+
+
+def test_fair_share_the_second_tenant_gets_the_next_free_slot(dispatcher: Dispatcher, fake_ray: FakeRay) -> None:
+    dispatcher.cluster = FakeCluster(cpus=2)  # type: ignore[assignment]
+    a_jobs = [submit(dispatcher, tenant="a") for _ in range(20)]
+    dispatcher.tick()
+    assert fake_ray.launched == a_jobs[:2]
+    b_jobs = [submit(dispatcher, tenant="b") for _ in range(2)]
+    fake_ray.results[a_jobs[0]] = {}
+    dispatcher.tick()
+    assert fake_ray.launched[2] == b_jobs[0]  # not a's third, although it is older
+    fake_ray.results[a_jobs[1]] = {}
+    dispatcher.tick()
+    assert fake_ray.launched[3] == a_jobs[2]  # a and b hold one slot each: equal shares, then age
+
+
+def test_a_tenant_quota_holds_its_jobs_back_and_lets_others_run(dispatcher: Dispatcher, fake_ray: FakeRay) -> None:
+    dispatcher.settings = dispatcher.settings.model_copy(update={"tenant_max_running": 1})
+    a_jobs = [submit(dispatcher, tenant="a") for _ in range(3)]
+    b_job = submit(dispatcher, tenant="b")
+    dispatcher.tick()
+    assert fake_ray.launched == [a_jobs[0], b_job]
+    with dispatcher.db.write() as session:
+        tenants.set_quota(session, "a", max_running=2)
+    dispatcher.tick()
+    assert fake_ray.launched == [a_jobs[0], b_job, a_jobs[1]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,8 +23,9 @@ from service.api.deps import (
     TenantDep,
 )
 from service.api.errors import AlreadyFinished, InvalidParameter, invalid
-from service.db import queue, reads
-from service.db.models import Job
+from service.db import queue, reads, scheduling, tenants
+from service.db.models import Job, utcnow
+from service.db.scheduling import Quota
 from service.db.states import JobState
 from service.schemas.errors import ErrorRead, ValidationErrorRead
 from service.schemas.jobs import NAME_PATTERN, DryRunRead, JobPage, JobRead, JobSpec, set_path
@@ -117,6 +119,32 @@ def resolve_paths(spec: JobSpec, session: Session, tenant: str, settings: Settin
         raise invalid(("body", *first["loc"]), f"once resolved: {first['msg']}") from None
 
 
+def admit(spec: JobSpec, session: Session, tenant: str, settings: Settings) -> Quota:
+    """Refuse (422) a job that can never run: bigger than every live dispatcher's Ray cluster, or than
+    the tenant's quota, or above its priority ceiling. Returns the tenant's quota.
+
+    With no live dispatcher that published its cluster, the size is not judged here: the dispatchers
+    refuse such a job once they know (``queue.fail_unfittable``).
+    """
+    resources = spec.resources
+    since = utcnow() - timedelta(seconds=3 * settings.heartbeat_s)
+    reason = queue.unfittable(resources.cpus, resources.gpus, reads.live_clusters(session, since=since))
+    if reason is not None:
+        raise invalid(("body", "resources"), reason.removeprefix("resources: "))
+    quota = tenants.get(session, tenant, tenants.default_quota(settings))
+    if quota.max_priority is not None and spec.priority > quota.max_priority:
+        raise invalid(
+            ("body", "priority"), f"priority {spec.priority} is above this tenant's ceiling {quota.max_priority}"
+        )
+    over = scheduling.over_quota(scheduling.Usage(), quota, resources.cpus, resources.gpus)
+    if over is not None:
+        raise invalid(
+            ("body", "resources"),
+            f"the job needs {resources.cpus:g} CPUs and {resources.gpus:g} GPUs; this tenant's quota allows {over}",
+        )
+    return quota
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -128,6 +156,7 @@ def resolve_paths(spec: JobSpec, session: Session, tenant: str, settings: Settin
             "(header Idempotent-Replayed)",
         },
         409: {"model": ErrorRead, "description": "Idempotency-Key reused with a different body"},
+        429: {"model": ErrorRead, "description": "the tenant's queue quota (max_queued) is full; see Retry-After"},
         **_ERRORS,
     },
 )
@@ -151,9 +180,12 @@ async def submit_job(
         # One transaction opened and closed on one thread (SQLite writers queue on an in-process lock).
         with db.write() as session:
             resolved = resolve_paths(spec, session, tenant, settings, storage)
+            quota = admit(resolved, session, tenant, settings)
             if dry_run:
                 return resolved, None, False
-            job, created = queue.enqueue(session, tenant=tenant, spec=resolved, idempotency_key=idempotency_key)
+            job, created = queue.enqueue(
+                session, tenant=tenant, spec=resolved, idempotency_key=idempotency_key, max_queued=quota.max_queued
+            )
             session.flush()
             return resolved, job, created
 

@@ -17,7 +17,7 @@ from service.db.migrate import MIGRATIONS_DIR, current_revision, downgrade, head
 from service.db.models import Base, Token
 from tests.service.conftest import PostgresServer
 
-TABLES = {"tokens", "jobs", "job_events", "trials", "metrics", "checkpoints", "dispatchers"}
+TABLES = {"tokens", "jobs", "job_events", "trials", "metrics", "checkpoints", "dispatchers", "tenants"}
 
 
 def _differences(url: str) -> list:

@@ -12,18 +12,21 @@ import pytest
 from sqlalchemy import func, select, update
 
 from service.db.engine import Database
-from service.db.models import Job, JobEvent, utcnow
+from service.db.models import Job, JobEvent, Tenant, utcnow
 from service.db.queue import (
     IdempotencyConflict,
     claim_next,
     enqueue,
+    fail_unfittable,
     reap_expired,
     release,
     renew_lease,
     request_cancel,
     transition,
+    unfittable,
 )
 from service.db.reads import events_after
+from service.db.scheduling import Quota
 from service.db.states import IllegalTransition, JobState
 from tests.service.db.conftest import TENANT, MakeJob, claim, job_spec, move, seconds_from_now
 
@@ -65,23 +68,96 @@ def test_claim_order_is_priority_then_age(db: Database, make_job: MakeJob) -> No
     assert claim_next(db, owner="d1", lease_s=30, free_cpus=64, free_gpus=8) is None
 
 
-def test_head_that_does_not_fit_is_not_skipped(db: Database, make_job: MakeJob) -> None:
+def test_a_head_that_does_not_fit_lets_a_smaller_job_run(db: Database, make_job: MakeJob) -> None:
     big = make_job(name="big", priority=1, cpus=4, age_s=0)
     make_job(name="small", priority=0, cpus=1, age_s=1)
 
-    assert claim_next(db, owner="d1", lease_s=30, free_cpus=2, free_gpus=0) is None
+    assert claim(db, cpus=2, gpus=0).name == "small"  # backfill: the big head waits, the cluster does not
     assert _job(db, big.id).state == S.queued
     assert _states(db, big.id) == [(None, "queued")]
-
+    assert claim_next(db, owner="d1", lease_s=30, free_cpus=1, free_gpus=0, total_cpus=8, total_gpus=0) is None
     assert claim(db, cpus=4, gpus=0).id == big.id
-    assert claim(db, cpus=1, gpus=0).name == "small"
 
 
-def test_head_needing_a_gpu_waits_for_one(db: Database, make_job: MakeJob) -> None:
+def test_a_job_that_waited_long_reserves_what_it_needs(db: Database, make_job: MakeJob) -> None:
+    big = make_job(name="big", priority=1, cpus=4, age_s=0)
+    make_job(name="small", priority=0, cpus=1, age_s=1)
+
+    def claim_with(free: float) -> Job | None:
+        return claim_next(
+            db, owner="d1", lease_s=30, free_cpus=free, free_gpus=0, total_cpus=8, total_gpus=0, reserve_after_s=0
+        )
+
+    assert claim_with(2) is None  # the big job waited long enough: the 2 free CPUs are held for it
+    assert claim_with(5) is not None and _job(db, big.id).state == S.dispatching
+    job = claim_with(1)
+    assert job is not None and job.name == "small"
+
+
+def test_a_job_needing_a_gpu_waits_for_one_while_cpu_jobs_run(db: Database, make_job: MakeJob) -> None:
     make_job(name="gpu", gpus=1, age_s=0)
     make_job(name="cpu", age_s=1)
-    assert claim_next(db, owner="d1", lease_s=30, free_cpus=8, free_gpus=0) is None
+    job = claim_next(db, owner="d1", lease_s=30, free_cpus=8, free_gpus=0, total_cpus=8, total_gpus=1)
+    assert job is not None and job.name == "cpu"
+    assert claim_next(db, owner="d1", lease_s=30, free_cpus=8, free_gpus=0, total_cpus=8, total_gpus=1) is None
     assert claim(db, cpus=8, gpus=1).name == "gpu"
+
+
+def test_jobs_bigger_than_the_cluster_are_never_claimed(db: Database, make_job: MakeJob) -> None:
+    make_job(name="huge", cpus=64)
+    assert claim_next(db, owner="d1", lease_s=30, free_cpus=8, free_gpus=0, total_cpus=8, total_gpus=0) is None
+    with db.write() as session:
+        failed = fail_unfittable(session, [(8.0, 0.0), (4.0, 1.0)])
+    assert [j.name for j in failed] == ["huge"]
+    job = _job(db, failed[0].id)
+    assert job.state == S.failed
+    assert job.error is not None and "needs 64 CPUs" in job.error and "has 8 CPUs and 0 GPUs" in job.error
+    assert unfittable(1, 1, [(8.0, 0.0), (4.0, 1.0)]) is None  # one cluster holds it
+    assert "needs 2 GPUs" in (unfittable(1, 2, [(8.0, 0.0), (4.0, 1.0)]) or "")
+    assert unfittable(64, 0, []) is None  # no live cluster known: nothing to judge
+
+
+def test_fair_share_serves_the_tenant_below_its_share_first(db: Database, make_job: MakeJob) -> None:
+    """Tenant A queued 20 jobs first; B queued 2 later. Once A runs one, B's jobs go first."""
+    a = [make_job(tenant="a", name=f"a{i}", age_s=i) for i in range(20)]
+    b = [make_job(tenant="b", name=f"b{i}", age_s=100 + i) for i in range(2)]
+    first = claim(db, cpus=8, gpus=0)
+    assert first.id == a[0].id  # nobody runs anything: priority, then age
+    assert claim(db, cpus=7, gpus=0).id == b[0].id  # A holds 1/8 of the cluster, B none
+    nxt = claim(db, cpus=6, gpus=0)  # A and B hold one each: equal use, then age
+    assert nxt.id == a[1].id
+    assert claim(db, cpus=5, gpus=0).id == b[1].id
+
+
+def test_fair_share_counts_a_tenant_weight(db: Database, make_job: MakeJob) -> None:
+    with db.write() as session:
+        session.add(Tenant(name="a", share=3.0))
+    for i in range(4):
+        make_job(tenant="a", name=f"a{i}", age_s=i)
+        make_job(tenant="b", name=f"b{i}", age_s=10 + i)
+    tenants = [claim(db, cpus=100 - i, gpus=0).tenant for i in range(5)]
+    # a's weight 3: it may hold three times b's share before b goes first.
+    assert tenants == ["a", "b", "a", "a", "a"]
+
+
+def test_quotas_hold_back_a_tenant_over_its_limits(db: Database, make_job: MakeJob) -> None:
+    with db.write() as session:
+        session.add(Tenant(name="a", max_running=2))
+        session.add(Tenant(name="b", max_cpus=3))
+    for i in range(4):
+        make_job(tenant="a", name=f"a{i}", age_s=i)
+    make_job(tenant="b", name="b-two", cpus=2, age_s=10)
+    make_job(tenant="b", name="b-another-two", cpus=2, age_s=11)
+    names = []
+    while (job := claim_next(db, owner="d", lease_s=30, free_cpus=64, free_gpus=0)) is not None:
+        names.append(job.name)
+    assert sorted(names) == ["a0", "a1", "b-two"]
+    defaults = Quota(max_running=1)
+    make_job(tenant="c", name="c0", age_s=20)
+    make_job(tenant="c", name="c1", age_s=21)
+    first = claim_next(db, owner="d", lease_s=30, free_cpus=64, free_gpus=0, defaults=defaults)
+    assert first is not None and first.name == "c0"
+    assert claim_next(db, owner="d", lease_s=30, free_cpus=64, free_gpus=0, defaults=defaults) is None
 
 
 def test_claim_takes_a_lease_and_writes_an_event(db: Database, make_job: MakeJob) -> None:
@@ -467,3 +543,61 @@ def test_concurrent_dispatchers_claim_each_job_once(db_url: str, db: Database) -
         # SQLite hands its one write lock out unfairly: one thread may drain the queue alone, which
         # proves nothing about SKIP LOCKED but is still correct, so only PostgreSQL must show sharing.
         assert sum(1 for ids in claimed.values() if ids) >= 2, f"no concurrency happened: {Counter(owner_of.values())}"
+
+
+@pytest.mark.postgres
+def test_quotas_hold_under_three_concurrent_dispatchers(db_url: str, db: Database) -> None:
+    """Three dispatchers claim at once, round after round: no tenant ever holds more than its limit.
+
+    Without the per-tenant lock, two claims reading the same usage both take a job of a tenant at its
+    limit minus one (seen: 3 of 2 within a few rounds)."""
+    if db.sqlite:
+        pytest.skip("SQLite has one writer at a time: concurrent claims cannot race there")
+    limits = {"a": 2, "b": 3}
+    with db.write() as session:
+        session.add(Tenant(name="a", max_running=limits["a"]))
+        session.add(Tenant(name="b", max_running=limits["b"]))
+        for _ in range(30):
+            enqueue(session, tenant="a", spec=job_spec())
+            enqueue(session, tenant="b", spec=job_spec())
+            enqueue(session, tenant="c", spec=job_spec())
+    errors: list[BaseException] = []
+    engines = [Database.from_url(db_url) for _ in range(3)]
+
+    def active_by_tenant() -> dict[str, int]:
+        with db.read() as session:
+            rows = session.execute(
+                select(Job.tenant, func.count()).where(Job.state == S.dispatching.value).group_by(Job.tenant)
+            ).all()
+        return {tenant: int(n) for tenant, n in rows}
+
+    try:
+        for _ in range(10):
+            start = threading.Barrier(3)
+
+            def dispatch(own: Database, owner: str, start: threading.Barrier = start) -> None:
+                try:
+                    start.wait(10)
+                    for _ in range(4):
+                        claim_next(own, owner=owner, lease_s=60, free_cpus=64, free_gpus=0)
+                except BaseException as exc:  # surfaced by the main thread
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=dispatch, args=(e, f"d{i}")) for i, e in enumerate(engines)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert not errors, errors
+            held = active_by_tenant()
+            assert held.get("a", 0) <= limits["a"] and held.get("b", 0) <= limits["b"], held
+            with db.write() as session:  # the round's jobs end; the next round claims again
+                for job in session.scalars(select(Job).where(Job.state == S.dispatching.value)):
+                    transition(session, job, S.running)
+                    transition(session, job, S.succeeded)
+    finally:
+        for engine in engines:
+            engine.dispose()
+    with db.read() as session:
+        done = Counter(session.scalars(select(Job.tenant).where(Job.state == S.succeeded.value)))
+    assert done["a"] == 10 * limits["a"] and done["b"] == 10 * limits["b"]  # each round filled every quota

@@ -24,6 +24,7 @@ Q, D, R, CING, RETRY, OK, FAIL, CED = (
 EXPECTED = {
     (Q, D),  # claimed
     (Q, CED),  # cancelled before it ran
+    (Q, FAIL),  # no live Ray cluster can hold it any more (the cluster shrank under it)
     (D, R),  # Ray accepted it
     (D, Q),  # released: handed back without counting the attempt
     (D, RETRY),  # the launch failed, attempts remain

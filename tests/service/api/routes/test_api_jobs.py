@@ -391,3 +391,88 @@ def test_cancel_a_finished_job_is_409_and_changes_nothing(
     shown = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
     assert shown["state"] == final.value and shown["cancel_requested"] is False
     assert counts() == before
+
+
+# --- admission and quotas -----------------------------------------------------------------------------------
+
+
+def _publish_cluster(database: Any, cpus: float, gpus: float, *, owner: str = "d1", age_s: float = 0.0) -> None:
+    from datetime import timedelta
+
+    from service.db import records
+    from service.db.models import utcnow
+
+    with database.write() as session:
+        records.record_heartbeat(
+            session,
+            owner=owner,
+            hostname="h",
+            pid=1,
+            started_at=utcnow(),
+            running_attempts=0,
+            claims=0,
+            cluster=(cpus, gpus),
+            now=utcnow() - timedelta(seconds=age_s),
+        )
+
+
+def test_a_job_no_live_cluster_can_hold_is_refused_naming_the_resource(
+    client: TestClient, auth: dict[str, str], tiny_spec: Any, database: Any, counts: Any
+) -> None:
+    _publish_cluster(database, 4, 0)
+    _publish_cluster(database, 64, 8, owner="dead", age_s=3600)  # silent for an hour: not counted
+    before = counts()
+    response = client.post(
+        "/v1/jobs", json=tiny_spec(resources={"num_workers": 256, "cpus_per_worker": 256}), headers=auth
+    )
+    assert response.status_code == 422, response.text
+    assert locs(response) == [["body", "resources"]]
+    message = response.json()["detail"][0]["msg"]
+    assert "65536 CPUs" in message and "4 CPUs and 0 GPUs" in message
+    gpu = client.post("/v1/jobs?dry_run=true", json=tiny_spec(resources={"use_gpu": True}), headers=auth)
+    assert gpu.status_code == 422 and "1 GPUs" in gpu.json()["detail"][0]["msg"]
+    assert counts() == before
+    fits = client.post("/v1/jobs", json=tiny_spec(resources={"num_workers": 2, "cpus_per_worker": 2}), headers=auth)
+    assert fits.status_code == 201
+
+
+def test_without_a_live_cluster_the_size_is_not_judged_at_submit(
+    client: TestClient, auth: dict[str, str], tiny_spec: Any
+) -> None:
+    response = client.post("/v1/jobs", json=tiny_spec(resources={"num_workers": 256}), headers=auth)
+    assert response.status_code == 201  # the dispatchers refuse it once they know their clusters
+
+
+def test_a_tenant_quota_refuses_what_it_can_never_allow(
+    client: TestClient, auth: dict[str, str], other_auth: dict[str, str], tiny_spec: Any, database: Any
+) -> None:
+    from service.db import tenants
+
+    with database.write() as session:
+        tenants.set_quota(session, "alice", max_priority=10, max_cpus=2)
+    high = client.post("/v1/jobs", json=tiny_spec(priority=11), headers=auth)
+    assert high.status_code == 422 and locs(high) == [["body", "priority"]]
+    assert "ceiling 10" in high.json()["detail"][0]["msg"]
+    big = client.post("/v1/jobs", json=tiny_spec(resources={"num_workers": 3}), headers=auth)
+    assert big.status_code == 422 and locs(big) == [["body", "resources"]] and "max_cpus=2" in big.text
+    assert client.post("/v1/jobs", json=tiny_spec(priority=11), headers=other_auth).status_code == 201  # bob: none
+
+
+def test_a_full_queue_quota_is_429_with_retry_after(
+    client: TestClient, auth: dict[str, str], other_auth: dict[str, str], tiny_spec: Any, database: Any
+) -> None:
+    from service.db import tenants
+
+    with database.write() as session:
+        tenants.set_quota(session, "alice", max_queued=2)
+    first = client.post("/v1/jobs", json=tiny_spec(), headers={**auth, "Idempotency-Key": "k1"})
+    assert first.status_code == 201
+    assert client.post("/v1/jobs", json=tiny_spec(), headers=auth).status_code == 201
+    full = client.post("/v1/jobs", json=tiny_spec(), headers=auth)
+    assert full.status_code == 429 and full.headers["retry-after"] == "30"
+    assert "max_queued" in full.json()["detail"]
+    replay = client.post("/v1/jobs", json=tiny_spec(), headers={**auth, "Idempotency-Key": "k1"})
+    assert replay.status_code == 200  # a replay creates nothing: never refused
+    assert client.post("/v1/jobs", json=tiny_spec(), headers=other_auth).status_code == 201
+    client.post(f"/v1/jobs/{first.json()['id']}/cancel", headers=auth)
+    assert client.post("/v1/jobs", json=tiny_spec(), headers=auth).status_code == 201
