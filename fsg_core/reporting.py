@@ -17,6 +17,7 @@ from typing import Any
 from torch import Tensor
 
 from fsg_core.checkpoint import save_checkpoint
+from fsg_core.checkpoint_dir import CHECKPOINT_FILE, METRICS_FILE
 
 __all__ = ["FileReporter", "MultiReporter", "Reporter", "TqdmReporter"]
 
@@ -82,7 +83,8 @@ def _json_safe(value: Any) -> Any:
 class FileReporter(Reporter):
     """Writes ``metrics.json``, ``metrics.csv``, ``summary.json`` and ``checkpoint.pt`` under ``out_dir``.
 
-    Files are rewritten atomically after every epoch, so a reader never sees half a file.
+    Files are rewritten atomically after every epoch, so a reader never sees half a file. ``out_dir`` is
+    a checkpoint directory (``fsg_core.checkpoint_dir``) whose ``metrics.json`` holds the whole history.
     """
 
     def __init__(self, out_dir: str | Path) -> None:
@@ -92,7 +94,7 @@ class FileReporter(Reporter):
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.out_dir / "checkpoint.pt"
+        return self.out_dir / CHECKPOINT_FILE
 
     def _write_text(self, name: str, text: str) -> None:
         tmp = self.out_dir / f".{name}.tmp"
@@ -101,7 +103,7 @@ class FileReporter(Reporter):
 
     def report(self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
         self.rows.append({k: _json_safe(v) for k, v in metrics.items()})
-        self._write_text("metrics.json", json.dumps(self.rows, indent=1))
+        self._write_text(METRICS_FILE, json.dumps(self.rows, indent=1))
         columns: list[str] = []
         for row in self.rows:
             columns += [k for k in row if k not in columns]

@@ -46,6 +46,10 @@ class Components:
     estimator: Estimator
     act_estimator: Estimator | None
 
+    def save_packed(self, path: str | Path, *, fp16: bool = False) -> int:
+        """Write the 1-bit deployment artifact of the model as it is now; returns its size in bytes."""
+        return save_packed_model(self, path, fp16=fp16)
+
 
 @dataclass
 class FitResult:

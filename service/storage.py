@@ -4,6 +4,7 @@ directories with their checkpoints, and the note the dispatcher leaves about the
 Layout::
 
     <root>/jobs/<job id>/log.txt   the job's log (workers append; the API reads and follows it)
+    <root>/jobs/<job id>/checkpoints/<name>/   checkpoint directories of ``ray_task`` attempts
     <root>/jobs/<job id>/...       anything else a job keeps (packed exports)
     <root>/ray/<job id>/...        Ray Train / Tune ``storage_path``: run directories, checkpoints
     <root>/ray.json                the local Ray the dispatcher started (address, dashboard URL)
@@ -112,6 +113,11 @@ class Storage:
     def log_path(self, job_id: str) -> Path:
         """The job's log file, appended to by its workers."""
         return self.job_dir(job_id) / "log.txt"
+
+    def checkpoints_dir(self, job_id: str) -> Path:
+        """Where attempts that run outside Ray Train (``ray_task``) write their checkpoint directories
+        (``fsg_core.checkpoint_dir``); Ray Train keeps its own under ``ray_storage_path()``."""
+        return self.job_dir(job_id) / "checkpoints"
 
     def ray_storage_path(self) -> Path:
         """``RunConfig(storage_path=...)`` of every job: Ray writes ``<this>/<job id>/...``."""

@@ -35,8 +35,9 @@ from service.schemas.jobs import JobSpec
 from service.settings import Settings
 from service.storage import Storage
 from workers import policy
+from workers.attempt import AttemptContext
 from workers.callbacks import JobLog
-from workers.job_runner import JobContext, run_job
+from workers.job_runner import run_job
 from workers.ray_cluster import RayCluster, connect
 from workers.telemetry import DispatcherTelemetry
 
@@ -250,7 +251,7 @@ class Dispatcher:
                 data={"attempt": current.attempts, "ray_dashboard_url": url, "resume_path": resume},
             )
             number = current.attempts
-        ctx = JobContext(
+        ctx = AttemptContext(
             job_id=job.id,
             attempt=number,
             spec=job.spec,

@@ -7,13 +7,12 @@ from typing import Any
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from service.db.comparison import summarize_rows
 from service.schemas.jobs import JobSpec, ResourcesSpec
+from workers.attempt import AttemptContext, AttemptStore
 from workers.callbacks import DatabaseCallback
-from workers.job_runner import JobContext
 from workers.worker_loop import train_loop_per_worker
 
-__all__ = ["build_trainer", "job_summary", "run_training", "scaling_config"]
+__all__ = ["build_trainer", "run_training", "scaling_config"]
 
 # Worker-group restarts inside one attempt (a dead worker process); attempts are the dispatcher's.
 WORKER_FAILURES = 2
@@ -32,8 +31,9 @@ def scaling_config(resources: ResourcesSpec) -> ScalingConfig:
 
 
 def build_trainer(
-    ctx: JobContext,
+    ctx: AttemptContext,
     spec: JobSpec,
+    store: AttemptStore,
     *,
     train_spec: dict[str, Any],
     run_name: str,
@@ -41,14 +41,7 @@ def build_trainer(
     extra_callbacks: list[Any] | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer for one run (a training job, or one trial of a search)."""
-    callback = DatabaseCallback(
-        database_url=ctx.database_url,
-        job_id=ctx.job_id,
-        attempt=ctx.attempt,
-        log_path=str(ctx.log_path),
-        trial_key=trial_key,
-        outage_s=ctx.db_outage_s,
-    )
+    callback = DatabaseCallback(ctx, store, trial_key=trial_key)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -67,37 +60,7 @@ def build_trainer(
     )
 
 
-def job_summary(ctx: JobContext, trial_key: str | None = "", db: Any = None) -> dict[str, Any]:
-    """Best and last-10 figures from the metrics the callback wrote, plus the latest packed model.
-
-    ``db``: an open ``Database`` to read through (the caller keeps it); without one, one is opened here."""
-    from service.db import reads
-    from service.db.engine import Database
-
-    def read(session: Any) -> tuple[list[dict[str, Any]], list[Any]]:
-        rows = [
-            {"phase": m.phase, "epoch": m.epoch, **m.values} for m in reads.list_metrics(session, ctx.job_id, trial_key)
-        ]
-        checkpoints = [
-            c for c in reads.list_checkpoints(session, ctx.job_id) if trial_key is None or c.trial_key == trial_key
-        ]
-        return rows, checkpoints
-
-    own = db is None
-    db = Database.from_url(ctx.database_url) if own else db
-    try:
-        rows, checkpoints = db.retrying(read, within_s=ctx.db_outage_s, write=False)
-    finally:
-        if own:
-            db.dispose()
-    summary = summarize_rows(rows)  # stored rows: NaN came back as None
-    packed = [c for c in checkpoints if c.packed_bytes]
-    if packed:
-        summary["packed_bytes"] = packed[-1].packed_bytes
-    return summary
-
-
-def run_training(ctx: JobContext, spec: JobSpec) -> dict[str, Any]:
-    trainer = build_trainer(ctx, spec, train_spec=spec.train_spec().model_dump(mode="json"), run_name=ctx.job_id)
+def run_training(ctx: AttemptContext, spec: JobSpec, store: AttemptStore) -> dict[str, Any]:
+    trainer = build_trainer(ctx, spec, store, train_spec=spec.train_spec().model_dump(mode="json"), run_name=ctx.job_id)
     trainer.fit()  # raises ray.train.TrainingFailedError when the workers fail beyond WORKER_FAILURES
-    return job_summary(ctx)
+    return store.results()

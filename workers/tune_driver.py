@@ -16,8 +16,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from service.schemas.jobs import Choice, JobSpec, LogUniform, RandInt, SearchSpec, Uniform, set_path
-from workers.job_runner import JobContext
-from workers.train_driver import build_trainer, job_summary
+from workers.attempt import AttemptContext, AttemptStore
+from workers.train_driver import build_trainer
 
 __all__ = ["param_space", "run_search", "trial_score"]
 
@@ -37,35 +37,19 @@ def param_space(search: SearchSpec) -> dict[str, Any]:
     return space
 
 
-def _db(ctx: JobContext) -> Any:
-    from service.db.engine import Database
-
-    return Database.from_url(ctx.database_url)
-
-
-def _trial_function(ctx: JobContext, spec: JobSpec) -> Any:
+def _trial_function(ctx: AttemptContext, spec: JobSpec, store: AttemptStore) -> Any:
     base = spec.train_spec().model_dump(mode="json")
 
     def trial(config: dict[str, Any]) -> None:
-        from service.db import records
-
         trial_key = ray.tune.get_context().get_trial_id()
         train_spec = base
         for path, value in config.items():
             train_spec = set_path(train_spec, path, value)
-        db = _db(ctx)
-        try:
-            db.retrying(
-                lambda session: records.upsert_trial(
-                    session, ctx.job_id, trial_key=trial_key, config=config, state="running"
-                ),
-                within_s=ctx.db_outage_s,
-            )
-        finally:
-            db.dispose()
+        store.record_trial(trial_key, config=config, state="running")
         trainer = build_trainer(
             ctx,
             spec,
+            store,
             train_spec=train_spec,
             run_name=f"{ctx.job_id}-{trial_key}",
             trial_key=trial_key,
@@ -88,14 +72,12 @@ def _scheduler(spec: JobSpec) -> Any:
     )
 
 
-def run_search(ctx: JobContext, spec: JobSpec) -> dict[str, Any]:
-    from service.db import records
-
+def run_search(ctx: AttemptContext, spec: JobSpec, store: AttemptStore) -> dict[str, Any]:
     assert spec.search is not None
     search = spec.search
     tuner = ray.tune.Tuner(
         # The trial itself only waits on its TorchTrainer, whose workers hold the CPUs.
-        ray.tune.with_resources(_trial_function(ctx, spec), {"CPU": 0.01}),
+        ray.tune.with_resources(_trial_function(ctx, spec, store), {"CPU": 0.01}),
         param_space=param_space(search),
         tune_config=ray.tune.TuneConfig(
             num_samples=search.num_samples,
@@ -106,58 +88,40 @@ def run_search(ctx: JobContext, spec: JobSpec) -> dict[str, Any]:
         ),
         run_config=ray.tune.RunConfig(name=ctx.job_id, storage_path=ctx.ray_storage),
     )
-    results = tuner.fit()
+    grid = tuner.fit()
     total_epochs = spec.init.pretrain_epochs + spec.epochs
     best_key: str | None = None
     best_value: float | None = None
     summaries: dict[str, dict[str, Any]] = {}
-    db = _db(ctx)
-    try:
-        for result in results:
-            trial_key = str((result.metrics or {}).get("trial_id", ""))
-            if not trial_key:
-                continue  # failed before its first report; Tune logged why
-            summary = job_summary(ctx, trial_key, db=db)
-            summaries[trial_key] = summary
-            value = trial_score(ctx, trial_key, search.metric, search.mode)
-            iterations = int(result.metrics.get("training_iteration", 0) or 0)
-            state = "failed" if result.error else ("succeeded" if iterations >= total_epochs else "stopped")
-            with db.write() as session:
-                records.upsert_trial(
-                    session,
-                    ctx.job_id,
-                    trial_key=trial_key,
-                    config=dict(result.config or {}),
-                    state=state,
-                    metric=value,
-                    epochs=iterations,
-                    error=str(result.error) if result.error else None,
-                )
-            if value is not None and (best_value is None or (value > best_value) == (search.mode == "max")):
-                best_key, best_value = trial_key, value
-        if best_key is None:
-            raise RuntimeError(f"no trial of the search reported a finite binarized-phase {search.metric}")
-        with db.write() as session:
-            records.mark_best_trial(session, ctx.job_id, best_key)
-    finally:
-        db.dispose()
+    for result in grid:
+        trial_key = str((result.metrics or {}).get("trial_id", ""))
+        if not trial_key:
+            continue  # failed before its first report; Tune logged why
+        summaries[trial_key] = store.results(trial_key)
+        value = trial_score(store, trial_key, search.metric, search.mode)
+        iterations = int(result.metrics.get("training_iteration", 0) or 0)
+        state = "failed" if result.error else ("succeeded" if iterations >= total_epochs else "stopped")
+        store.record_trial(
+            trial_key,
+            config=dict(result.config or {}),
+            state=state,
+            metric=value,
+            epochs=iterations,
+            error=str(result.error) if result.error else None,
+        )
+        if value is not None and (best_value is None or (value > best_value) == (search.mode == "max")):
+            best_key, best_value = trial_key, value
+    if best_key is None:
+        raise RuntimeError(f"no trial of the search reported a finite binarized-phase {search.metric}")
+    store.record_best_trial(best_key)
     out = dict(summaries[best_key])
     out.update(best_trial=best_key, best_metric=best_value, trials=len(summaries))
     return out
 
 
-def trial_score(ctx: JobContext, trial_key: str, metric: str, mode: str) -> float | None:
+def trial_score(store: AttemptStore, trial_key: str, metric: str, mode: str) -> float | None:
     """The trial's best ``metric`` over its binarized epochs (pre-training accuracy is not the model's)."""
-    from service.db import reads
-
-    db = _db(ctx)
-    try:
-        with db.read() as session:
-            values = [
-                m.values.get(metric) for m in reads.list_metrics(session, ctx.job_id, trial_key) if m.phase == "binary"
-            ]
-    finally:
-        db.dispose()
+    values = [row.get(metric) for row in store.metric_rows(trial_key) if row["phase"] == "binary"]
     finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     if not finite:
         return None

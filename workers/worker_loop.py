@@ -1,14 +1,13 @@
 """What every Ray Train worker runs: fsg_core's ``fit`` with a reporter that talks to Ray Train.
 
 Each epoch every rank calls ``ray.train.report`` (Ray requires all of them); rank 0 attaches a
-checkpoint directory holding the resumable state (``checkpoint.pt``) and, in the binarized phase,
-the 1-bit packed model (``model.packed.safetensors``). A restarted worker group, or a new attempt
-of the job, resumes from the latest checkpoint.
+checkpoint directory (``fsg_core.checkpoint_dir``: the resumable state and, in the binarized phase,
+the 1-bit packed model). A restarted worker group, or a new attempt of the job, resumes from the
+latest checkpoint.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,36 +17,14 @@ import ray.train
 import ray.train.torch
 import torch
 
-from fsg_core.checkpoint import load_checkpoint, save_checkpoint
+from fsg_core.checkpoint_dir import read_checkpoint_dir, write_checkpoint_dir
 from fsg_core.reporting import Reporter
 from fsg_core.spec import TrainSpec
-from fsg_core.train import Components, fit, save_packed_model
+from fsg_core.train import Components, fit
 
-__all__ = [
-    "CHECKPOINT_FILE",
-    "PACKED_FILE",
-    "RayReporter",
-    "plain_metrics",
-    "train_loop_per_worker",
-    "write_checkpoint_dir",
-]
+__all__ = ["NODE_KEY", "RayReporter", "plain_metrics", "train_loop_per_worker"]
 
-CHECKPOINT_FILE = "checkpoint.pt"
-PACKED_FILE = "model.packed.safetensors"
-METRICS_FILE = "metrics.json"
-NODE_KEY = "node_id"
-
-
-def write_checkpoint_dir(
-    directory: Path, metrics: dict[str, Any], checkpoint: dict[str, Any], components: Components | None
-) -> None:
-    """A checkpoint directory: the resumable state, the 1-bit packed model in the binarized phase,
-    and the epoch's metrics."""
-    directory.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(checkpoint, directory / CHECKPOINT_FILE)
-    if metrics.get("phase") == "binary" and components is not None:
-        save_packed_model(components, directory / PACKED_FILE)
-    (directory / METRICS_FILE).write_text(json.dumps(metrics))
+NODE_KEY = "node_id"  # the metric that carries a rank's node to the controller's callback
 
 
 def plain_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -84,13 +61,11 @@ def _resume_state(config: dict[str, Any]) -> dict[str, Any] | None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            path = Path(directory) / CHECKPOINT_FILE
-            if path.exists():
-                return load_checkpoint(path)
-    resume_path = config.get("resume_path")
-    if resume_path and (Path(resume_path) / CHECKPOINT_FILE).exists():
-        return load_checkpoint(Path(resume_path) / CHECKPOINT_FILE)
-    return None
+            latest = read_checkpoint_dir(directory)
+            if latest is not None:
+                return latest.load_state()
+    earlier = read_checkpoint_dir(config.get("resume_path"))
+    return earlier.load_state() if earlier is not None else None
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

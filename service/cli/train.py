@@ -42,6 +42,7 @@ def train(
 ) -> None:
     """Train SPEC.json in this process; write metrics (JSON, CSV), checkpoint.pt and model.packed.safetensors."""
     from fsg_core.checkpoint import CheckpointError
+    from fsg_core.checkpoint_dir import PACKED_FILE, read_checkpoint_dir
     from fsg_core.data import DatasetError
     from fsg_core.reporting import FileReporter, MultiReporter, TqdmReporter
     from fsg_core.train import fit
@@ -49,7 +50,9 @@ def train(
     spec = _load_spec(spec_path)
     out_dir = out or Path("runs") / spec_path.stem
     files = FileReporter(out_dir)
-    resume_from = files.checkpoint_path if resume and files.checkpoint_path.exists() else None
+    found = read_checkpoint_dir(out_dir) if resume else None
+    # A path, not the loaded state: fit loads it inside the try below, where a bad file is reported.
+    resume_from = found.checkpoint_path if found else None
     if resume_from:
         console.print(f"resuming from {resume_from}")
     try:
@@ -57,7 +60,7 @@ def train(
     except (DatasetError, CheckpointError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
-    packed = out_dir / "model.packed.safetensors"
+    packed = out_dir / PACKED_FILE
     size = result.save_packed(packed)
     table = Table(title=f"{spec.estimator.name} on {spec.data.dataset} ({spec.model.arch})", show_header=False)
     for key, value in result.summary.items():

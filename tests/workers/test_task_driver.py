@@ -15,7 +15,7 @@ from service.db.engine import Database
 from service.db.migrate import upgrade
 from service.db.queue import enqueue
 from service.schemas.jobs import JobSpec
-from workers.job_runner import JobContext
+from workers.attempt import AttemptContext, AttemptStore, close_databases
 from workers.task_driver import run_task
 
 SPEC: dict[str, Any] = {
@@ -41,10 +41,11 @@ def setup(tmp_path: Path) -> Any:
         job, _ = enqueue(session, tenant="t", spec=spec)
     yield db, spec, job.id, url, tmp_path / "artifacts"
     db.dispose()
+    close_databases()  # the attempts' own, opened once in this process
 
 
-def _ctx(job_id: str, url: str, artifacts: Path, attempt: int, resume: str | None = None) -> JobContext:
-    return JobContext(
+def _ctx(job_id: str, url: str, artifacts: Path, attempt: int, resume: str | None = None) -> AttemptContext:
+    return AttemptContext(
         job_id=job_id,
         attempt=attempt,
         spec=SPEC,
@@ -57,7 +58,8 @@ def _ctx(job_id: str, url: str, artifacts: Path, attempt: int, resume: str | Non
 
 def test_every_epoch_and_checkpoint_is_recorded(setup: Any) -> None:
     db, spec, job_id, url, artifacts = setup
-    summary = run_task(_ctx(job_id, url, artifacts, 1), spec)
+    ctx = _ctx(job_id, url, artifacts, 1)
+    summary = run_task(ctx, spec, AttemptStore.of(ctx))
 
     with db.read() as session:
         metrics = reads.list_metrics(session, job_id, "")
@@ -79,10 +81,12 @@ def test_every_epoch_and_checkpoint_is_recorded(setup: Any) -> None:
 def test_a_new_attempt_resumes_from_the_latest_checkpoint(setup: Any) -> None:
     db, spec, job_id, url, artifacts = setup
     short = JobSpec.model_validate({**SPEC, "epochs": 1})
-    run_task(_ctx(job_id, url, artifacts, 1), short)
+    first = _ctx(job_id, url, artifacts, 1)
+    run_task(first, short, AttemptStore.of(first))
     with db.read() as session:
         latest = reads.list_checkpoints(session, job_id)[-1]
-    run_task(_ctx(job_id, url, artifacts, 2, resume=str(Path(latest.full_path).parent)), spec)
+    second = _ctx(job_id, url, artifacts, 2, resume=str(Path(latest.full_path).parent))
+    run_task(second, spec, AttemptStore.of(second))
 
     with db.read() as session:
         metrics = reads.list_metrics(session, job_id, "")
