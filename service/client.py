@@ -203,7 +203,8 @@ class Client:
 
 
 def _parse_sse(lines: Iterator[str]) -> Iterator[Event]:
-    event_id, kind, data = None, "message", []
+    event_id, kind = None, "message"
+    data: list[str] = []
     for line in lines:
         if line == "":
             if data:

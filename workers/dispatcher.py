@@ -2,10 +2,12 @@
 
 One loop, ``tick()`` after ``tick()``: reap expired leases (jobs of dead dispatchers go back to
 the queue) -> watch running attempts (finished? cancel requested? timed out? renew the lease) ->
-claim and launch while Ray has room. Decisions come from ``workers.policy``; every state change
-goes through ``service.db.queue``. An attempt is a zero-CPU Ray task (``job_runner.run_job``)
-owned by this process: if the dispatcher dies, Ray ends its attempts with it, and once the lease
-expires another dispatcher resumes the job from its latest checkpoint.
+claim and launch while Ray has room. Decisions come from ``workers.policy``; ``service.db.queue``
+applies them (and holds every query the dispatcher runs); Ray is behind ``workers.runner``. An attempt
+is a zero-CPU Ray task (``job_runner.run_job``) owned by this process: if the dispatcher dies, Ray
+ends its attempts with it, and once the lease expires another dispatcher resumes the job from its
+latest checkpoint. Whatever goes wrong with one job ends or retries that job alone: the loop serves
+every tenant and never dies of a job.
 """
 
 from __future__ import annotations
@@ -22,23 +24,22 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import ray
 from pydantic import ValidationError
-from ray.exceptions import TaskCancelledError
+from sqlalchemy.orm import Session
 
+from fsg_core.checkpoint_dir import read_checkpoint_dir
 from fsg_core.errors import SpecError
-from service.db import queue, reads, records, tenants
+from service.db import queue, reads, tenants
 from service.db.engine import UNAVAILABLE, Database
-from service.db.models import Checkpoint, Job, utcnow
-from service.db.states import JobState
+from service.db.models import Job, utcnow
+from service.db.states import Decision, Fate, JobState
 from service.schemas.jobs import JobSpec
 from service.settings import Settings
 from service.storage import Storage
 from workers import policy
-from workers.attempt import AttemptContext
-from workers.callbacks import JobLog
-from workers.job_runner import run_job
-from workers.ray_cluster import RayCluster, connect
+from workers.attempt import AttemptContext, JobLog
+from workers.ray_cluster import connect
+from workers.runner import AttemptCancelled, RayRunner, Runner
 from workers.telemetry import DispatcherTelemetry
 
 __all__ = ["Dispatcher", "main"]
@@ -64,35 +65,47 @@ class Attempt:
 class Dispatcher:
     """Runs queued jobs on Ray. Create it in the main thread; call ``run()`` (or ``tick()`` in tests)."""
 
-    def __init__(self, settings: Settings, db: Database | None = None, *, owner: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database | None = None,
+        *,
+        owner: str | None = None,
+        runner: Runner | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db or Database.from_url(settings.resolved_database_url)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.attempts: dict[str, Attempt] = {}
-        self.cluster: RayCluster | None = None
-        self._remote: Any = None
+        self.runner = runner  # set by start() (Ray); tests pass a scripted one
         self._last_reap = 0.0
         self.stop_event = threading.Event()
         self.telemetry = DispatcherTelemetry(settings, self.db, self.owner)
 
     # --- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> RayCluster:
+    def start(self) -> Runner:
         """Connect to (or start) Ray and reclaim jobs whose dispatcher died."""
-        self.cluster = connect(self.settings)
-        # Tell the API where Ray is (readiness, dashboard links).
-        Storage(self.settings.resolved_artifacts_dir).write_ray_record(
-            {"address": self.cluster.address, "dashboard_url": self.cluster.dashboard_url}
-        )
-        # Attempts must not be retried by Ray behind our back: retries are the queue's decision.
-        self._remote = ray.remote(num_cpus=0, max_retries=0)(run_job)
+        if self.runner is None:
+            cluster = connect(self.settings)
+            # Tell the API where Ray is (readiness, dashboard links).
+            Storage(self.settings.resolved_artifacts_dir).write_ray_record(
+                {"address": cluster.address, "dashboard_url": cluster.dashboard_url}
+            )
+            self.runner = RayRunner(cluster)
+            log.info("dispatcher %s on Ray %s", self.owner, cluster.address)
         self.reap()
         self.telemetry.start(cluster=self._totals())  # metrics endpoint (when configured), the first heartbeat
-        log.info("dispatcher %s ready on Ray %s", self.owner, self.cluster.address)
-        return self.cluster
+        log.info("dispatcher %s ready", self.owner)
+        return self.runner
+
+    @property
+    def _runner(self) -> Runner:
+        assert self.runner is not None, "start() the dispatcher first"
+        return self.runner
 
     def run(self) -> None:
         """Tick until ``stop_event`` is set (SIGTERM/SIGINT when run by ``main``), then shut down."""
-        if self.cluster is None:
+        if self.runner is None:
             self.start()
         try:
             while not self.stop_event.is_set():
@@ -104,15 +117,21 @@ class Dispatcher:
     def shutdown(self, timeout_s: float = 30.0) -> None:
         """Stop our attempts and give their jobs back to the queue (they resume later)."""
         for attempt in list(self.attempts.values()):
-            ray.cancel(attempt.ref)
+            self._runner.stop(attempt.ref)
         deadline = time.monotonic() + timeout_s
         for attempt in list(self.attempts.values()):
             try:
-                ray.wait([attempt.ref], timeout=max(0.0, deadline - time.monotonic()))
+                self._runner.wait(attempt.ref, deadline - time.monotonic())
             except Exception:  # noqa: BLE001 - shutting down: nothing more to do with it
                 pass
+
+            def give_back(session: Session, job_id: str = attempt.job_id) -> None:
+                job = queue.lock_owned(session, job_id, self.owner)
+                if job is not None and job.state in (JobState.dispatching, JobState.running, JobState.cancelling):
+                    queue.apply(session, job, policy.on_shutdown(owner=self.owner, state=job.state))
+
             try:
-                self.db.retrying(lambda session, a=attempt: self._give_back(session, a), within_s=10)
+                self.db.retrying(give_back, within_s=10)
             except UNAVAILABLE:
                 log.warning(
                     "database unavailable: job %s is given back when its lease expires",
@@ -121,19 +140,8 @@ class Dispatcher:
                 )
         self.attempts.clear()
         self.telemetry.stop()  # heartbeat row marked stopped, metrics endpoint closed
-        if self.cluster is not None and self.cluster.started_here:
+        if self.runner is not None and self.runner.started_here:
             Storage(self.settings.resolved_artifacts_dir).clear_ray_record()
-
-    def _give_back(self, session: Any, attempt: Attempt) -> None:
-        job = session.get(Job, attempt.job_id, with_for_update=True)
-        if job is None or job.lease_owner != self.owner:
-            return
-        if job.state == JobState.cancelling:
-            queue.transition(session, job, JobState.cancelled, message="cancelled (dispatcher stopped)")
-        elif job.state in (JobState.running, JobState.dispatching):
-            job.attempts = max(job.attempts - 1, 0)  # not the job's failure
-            queue.transition(session, job, JobState.retrying, message=f"dispatcher {self.owner} stopped")
-            queue.transition(session, job, JobState.queued, message="requeued; resumes from its checkpoint")
 
     # --- one iteration --------------------------------------------------------------------------
     def tick(self) -> None:
@@ -157,7 +165,7 @@ class Dispatcher:
 
     def _totals(self) -> tuple[float, float] | None:
         try:
-            return self.cluster.total() if self.cluster is not None else None
+            return self.runner.total() if self.runner is not None else None
         except Exception:  # noqa: BLE001 - Ray's GCS briefly away: the heartbeat goes without totals
             log.warning("Ray's cluster totals unavailable; heartbeat without them", exc_info=True)
             return None
@@ -177,27 +185,25 @@ class Dispatcher:
     def reap(self) -> list[str]:
         self._last_reap = time.monotonic()
         with self.db.write() as session:
-            reaped = queue.reap_expired(session, alive=self.owner)
-            ids = [job.id for job in reaped]
-        for job_id in ids:
-            JobLog(self._log_path(job_id)).write("lease expired (dispatcher gone): " + self._state_of(job_id))
-        return ids
+            reaped = queue.reap_expired(session, policy.after_lease_expiry, alive=self.owner)
+            settled = [(job.id, job.state) for job in reaped]
+        for job_id, state in settled:
+            JobLog(self._log_path(job_id)).write(f"lease expired (dispatcher gone): {state}")
+        return [job_id for job_id, _ in settled]
 
     def free_resources(self) -> tuple[float, float]:
         """Ray's free resources, minus what our just-launched attempts will take but may not hold yet."""
-        assert self.cluster is not None
-        cpus, gpus = self.cluster.free()
-        total_cpus, total_gpus = self.cluster.total()
+        cpus, gpus = self._runner.free()
+        total_cpus, total_gpus = self._runner.total()
         ours_cpus = sum(a.cpus for a in self.attempts.values())
         ours_gpus = sum(a.gpus for a in self.attempts.values())
         return min(cpus, total_cpus - ours_cpus), min(gpus, total_gpus - ours_gpus)
 
     def dispatch(self) -> None:
-        assert self.cluster is not None
         defaults = tenants.default_quota(self.settings)
         while not self.stop_event.is_set():
             cpus, gpus = self.free_resources()
-            total_cpus, total_gpus = self.cluster.total()
+            total_cpus, total_gpus = self._runner.total()
             job = self.telemetry.claim(  # times the claim, counts a claimed job
                 queue.claim_next,
                 self.db,
@@ -231,18 +237,18 @@ class Dispatcher:
         log_path = self._log_path(job.id)
         problem = self._preflight(spec)
         with self.db.write() as session:
-            current = session.get(Job, job.id, with_for_update=True)
-            assert current is not None
+            current = queue.lock_owned(session, job.id, self.owner)
+            if current is None:
+                return  # reaped between the claim and now: its new owner decides
             if problem is not None:
-                queue.transition(session, current, JobState.failed, message=problem, error=problem)
+                queue.apply(session, current, Decision(Fate.fail, problem, problem))
                 JobLog(log_path).write(problem)
                 return
             if current.cancel_requested or current.state == JobState.cancelling:
-                if current.state == JobState.dispatching:
-                    queue.transition(session, current, JobState.cancelled, message="cancelled before it started")
+                queue.apply(session, current, Decision(Fate.cancel, "cancelled before it started"))
                 return
-            resume = self._latest_checkpoint_dir(session, job.id) if spec.kind == "train" else None
-            url = self.cluster.run_url(job.id) if self.cluster else None
+            resume = self._resume_dir(session, job.id) if spec.kind == "train" else None
+            url = self._runner.run_url(job.id)
             queue.transition(
                 session,
                 current,
@@ -260,11 +266,13 @@ class Dispatcher:
             resume_path=resume,
             db_outage_s=self.settings.db_outage_s,
         )
-        options: dict[str, Any] = {"name": f"fsg-job-{job.id}-attempt-{number}"}
-        if spec.resources.executor == "ray_task":
-            # The task is the worker: it holds the job's resources itself.
-            options.update(num_cpus=spec.resources.cpus_per_worker, num_gpus=1 if spec.resources.use_gpu else 0)
-        ref = self._remote.options(**options).remote(ctx)  # raises for options Ray refuses: dispatch() settles it
+        holds = spec.resources.executor == "ray_task"  # the task is the worker: it holds the job's resources
+        ref = self._runner.start(  # raises for options Ray refuses: dispatch() settles it
+            ctx,
+            name=f"fsg-job-{job.id}-attempt-{number}",
+            num_cpus=spec.resources.cpus_per_worker if holds else None,
+            num_gpus=(1 if spec.resources.use_gpu else 0) if holds else None,
+        )
         now = utcnow()
         self.attempts[job.id] = Attempt(job.id, number, ref, job.cpus, job.gpus, now, job.timeout_s, now)
         self.telemetry.observe_launch(job, launched_at=now)  # fsg_queue_to_running_seconds
@@ -273,14 +281,10 @@ class Dispatcher:
     def watch(self) -> None:
         if not self.attempts:
             return
-        refs = [a.ref for a in self.attempts.values()]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        ready = self._runner.finished([a.ref for a in self.attempts.values()])
         done = {id(r) for r in ready}
         with self.db.read() as session:
-            states = {
-                j.id: (j.state, j.cancel_requested)
-                for j in session.query(Job).filter(Job.id.in_(list(self.attempts))).all()
-            }
+            states = reads.watched_states(session, list(self.attempts))
         now = utcnow()
         for attempt in list(self.attempts.values()):
             try:
@@ -317,7 +321,7 @@ class Dispatcher:
                     attempt.job_id,
                     extra={"job_id": attempt.job_id, "attempt": attempt.number},
                 )
-                ray.cancel(attempt.ref, force=True)
+                self._runner.stop(attempt.ref, force=True)
                 del self.attempts[attempt.job_id]
 
     def _stop(self, attempt: Attempt, why: policy.Outcome) -> None:
@@ -325,7 +329,7 @@ class Dispatcher:
         whose actors (owned by the task) go with it and return their CPUs."""
         attempt.stopping = why
         attempt.stop_sent_at = time.monotonic()
-        ray.cancel(attempt.ref)
+        self._runner.stop(attempt.ref)
         JobLog(self._log_path(attempt.job_id)).write(f"stopping attempt {attempt.number}: {why}")
 
     def finish(self, attempt: Attempt) -> None:
@@ -333,9 +337,9 @@ class Dispatcher:
         error: str | None = None
         retry = True
         try:
-            summary = ray.get(attempt.ref)
+            summary = self._runner.result(attempt.ref)
             outcome = policy.Outcome.succeeded
-        except (TaskCancelledError, KeyboardInterrupt):
+        except AttemptCancelled:
             outcome = attempt.stopping or policy.Outcome.cancelled
         except Exception as exc:  # noqa: BLE001 - any Ray error (OOM, node died, object lost, ...) or the job's own
             if attempt.stopping is not None:
@@ -349,9 +353,7 @@ class Dispatcher:
         del self.attempts[attempt.job_id]
         self.telemetry.observe_finish(outcome)  # fsg_attempts_finished_total{outcome}
         if final is not None:
-            JobLog(self._log_path(attempt.job_id)).write(
-                f"job {final[0]}: {final[1]}" + (f" ({error})" if error else "")
-            )
+            JobLog(self._log_path(attempt.job_id)).write(f"job {final[0]}: {final[1]}")
 
     def _settle(
         self,
@@ -368,39 +370,24 @@ class Dispatcher:
         meanwhile: its new owner decides).
         """
         with self.db.write() as session:
-            job = session.get(Job, job_id, with_for_update=True)
-            if job is None or job.lease_owner != self.owner:
+            job = queue.lock_owned(session, job_id, self.owner)
+            if job is None:
                 return None
             decision = policy.after_attempt(
                 outcome,
                 attempts=job.attempts,
-                max_retries=job.max_retries if retry else 0,
+                max_retries=job.max_retries,
                 cancel_requested=job.cancel_requested,
+                error=error,
+                retry=retry,
+                timeout_s=job.timeout_s,
             )
-            if outcome == policy.Outcome.timed_out:
-                error = f"attempt {job.attempts} exceeded timeout_s={job.timeout_s}"
-            if decision.verdict == policy.Verdict.succeed:
-                records.set_summary(session, job, summary or {})
-                queue.transition(session, job, JobState.succeeded, message=decision.reason)
-            elif decision.verdict == policy.Verdict.cancel:
-                if job.state != JobState.cancelling:
-                    queue.transition(session, job, JobState.cancelling, message="cancel requested")
-                queue.transition(session, job, JobState.cancelled, message="cancelled; Ray work stopped")
-            elif decision.verdict == policy.Verdict.retry:
-                queue.transition(session, job, JobState.retrying, message=decision.reason, error=error)
-                queue.transition(session, job, JobState.queued, message="requeued; resumes from its checkpoint")
-            else:
-                queue.transition(session, job, JobState.failed, message=decision.reason, error=error)
-            return str(job.state), decision.reason
+            state = queue.apply(session, job, decision, summary=summary)
+            return str(state), decision.reason + (f" ({decision.error})" if decision.error else "")
 
     # --- helpers --------------------------------------------------------------------------------
     def _log_path(self, job_id: str) -> Path:
         return Storage(self.settings.resolved_artifacts_dir).log_path(job_id)
-
-    def _state_of(self, job_id: str) -> str:
-        with self.db.read() as session:
-            job = session.get(Job, job_id)
-            return job.state if job else "gone"
 
     def _preflight(self, spec: JobSpec) -> str | None:
         root = spec.data.root
@@ -411,16 +398,12 @@ class Dispatcher:
             return f"data.root cannot be read on the dispatching node: {exc.strerror or type(exc).__name__}"
         return None
 
-    def _latest_checkpoint_dir(self, session: Any, job_id: str) -> str | None:
-        latest = (
-            session.query(Checkpoint)
-            .filter(Checkpoint.job_id == job_id, Checkpoint.trial_key == "", Checkpoint.full_path.is_not(None))
-            .order_by(Checkpoint.id.desc())
-            .first()
-        )
-        if latest is None or not Path(latest.full_path).exists():
+    def _resume_dir(self, session: Session, job_id: str) -> str | None:
+        """The directory of the job's latest checkpoint, when its files are still there."""
+        latest = reads.latest_checkpoint_file(session, job_id)
+        if latest is None or read_checkpoint_dir(Path(latest).parent) is None:
             return None
-        return str(Path(latest.full_path).parent)
+        return str(Path(latest).parent)
 
 
 def main(settings: Settings | None = None) -> None:

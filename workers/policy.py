@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
 from fsg_core.errors import NonRetryableError
+from service.db.states import Decision, Fate, JobState
 
-__all__ = ["Outcome", "Verdict", "after_attempt", "describe", "lease_renewal_due", "retryable", "timed_out"]
+__all__ = [
+    "Outcome",
+    "after_attempt",
+    "after_lease_expiry",
+    "describe",
+    "lease_renewal_due",
+    "on_shutdown",
+    "retryable",
+    "timed_out",
+]
 
 
 class Outcome(StrEnum):
@@ -21,35 +30,57 @@ class Outcome(StrEnum):
     timed_out = "timed_out"  # stopped because the attempt exceeded timeout_s
 
 
-class Verdict(StrEnum):
-    """What happens to the job next."""
-
-    succeed = "succeed"
-    retry = "retry"  # retrying -> queued; the next attempt resumes from the latest checkpoint
-    fail = "fail"
-    cancel = "cancel"
-
-
-@dataclass(frozen=True)
-class Decision:
-    verdict: Verdict
-    reason: str
-
-
-def after_attempt(outcome: Outcome, *, attempts: int, max_retries: int, cancel_requested: bool) -> Decision:
+def after_attempt(
+    outcome: Outcome,
+    *,
+    attempts: int,
+    max_retries: int,
+    cancel_requested: bool,
+    error: str | None = None,
+    retry: bool = True,
+    timeout_s: float | None = None,
+) -> Decision:
     """Decide the job's fate after an attempt.
 
     A requested cancel wins over everything but success; failures and timeouts retry while
-    ``attempts <= max_retries`` (``attempts`` counts the one that just ended).
+    ``attempts <= max_retries`` (``attempts`` counts the one that just ended) and the error is
+    ``retry``-able (``retryable(exc)``: a bad spec or dataset fails at once).
     """
     if outcome == Outcome.succeeded:
-        return Decision(Verdict.succeed, "the run finished")
+        return Decision(Fate.succeed, "the run finished")
     if cancel_requested or outcome == Outcome.cancelled:
-        return Decision(Verdict.cancel, "cancelled on request")
-    what = "timed out" if outcome == Outcome.timed_out else "failed"
+        return Decision(Fate.cancel, "cancelled on request")
+    if outcome == Outcome.timed_out:
+        what, error = "timed out", f"attempt {attempts} exceeded timeout_s={timeout_s:g}" if timeout_s else error
+    else:
+        what = "failed"
+    if retry and attempts <= max_retries:
+        return Decision(Fate.retry, f"attempt {attempts} {what}; {max_retries - attempts + 1} retries left", error)
+    if not retry:
+        return Decision(Fate.fail, f"attempt {attempts} {what}; another attempt cannot succeed", error)
+    return Decision(Fate.fail, f"attempt {attempts} {what} and no retries are left", error)
+
+
+def after_lease_expiry(
+    *, owner: str | None, state: str, attempts: int, max_retries: int, cancel_requested: bool, error: str | None
+) -> Decision:
+    """Decide the fate of a job whose dispatcher stopped renewing its lease (it died, or lost the
+    database for longer than the lease): cancelled if a cancel was asked, else retried while attempts
+    remain (it resumes from its latest checkpoint), else failed."""
+    if state == JobState.cancelling or cancel_requested:
+        return Decision(Fate.cancel, f"lease of {owner} expired while cancelling")
     if attempts <= max_retries:
-        return Decision(Verdict.retry, f"attempt {attempts} {what}; {max_retries - attempts + 1} retries left")
-    return Decision(Verdict.fail, f"attempt {attempts} {what} and no retries are left")
+        return Decision(Fate.retry, f"lease of {owner} expired", error)
+    why = f"dispatcher {owner} stopped renewing its lease"
+    return Decision(Fate.fail, f"lease of {owner} expired and no attempts are left", why)
+
+
+def on_shutdown(*, owner: str, state: str) -> Decision:
+    """A dispatcher stopping cleanly: its running jobs go back to the queue without counting the attempt
+    (not the job's fault), a job being cancelled ends cancelled."""
+    if state == JobState.cancelling:
+        return Decision(Fate.cancel, "cancelled (dispatcher stopped)")
+    return Decision(Fate.give_back, f"dispatcher {owner} stopped")
 
 
 def timed_out(started: datetime | None, timeout_s: float | None, now: datetime) -> bool:

@@ -47,7 +47,7 @@ def connect(settings: Settings) -> RayCluster:
     if settings.ray_address:
         info = ray.init(address=settings.ray_address, namespace="fsg", log_to_driver=False)
         dashboard = settings.ray_dashboard_url or (f"http://{info.dashboard_url}" if info.dashboard_url else None)
-        return RayCluster(info.address_info["gcs_address"], dashboard, started_here=False)
+        return RayCluster(ray.get_runtime_context().gcs_address, dashboard, started_here=False)
     info = ray.init(
         num_cpus=settings.ray_num_cpus,
         num_gpus=settings.ray_num_gpus,
@@ -59,4 +59,4 @@ def connect(settings: Settings) -> RayCluster:
         log_to_driver=False,
     )
     dashboard = settings.ray_dashboard_url or (f"http://{info.dashboard_url}" if info.dashboard_url else None)
-    return RayCluster(info.address_info["gcs_address"], dashboard, started_here=True)
+    return RayCluster(ray.get_runtime_context().gcs_address, dashboard, started_here=True)

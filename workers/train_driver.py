@@ -53,9 +53,10 @@ def build_trainer(
         run_config=RunConfig(
             name=run_name,
             storage_path=ctx.ray_storage,
-            failure_config=FailureConfig(max_failures=WORKER_FAILURES, controller_failure_limit=0),
+            # Ray Train v2's classes (RAY_TRAIN_V2_ENABLED); Ray's annotations name the v1 ones.
+            failure_config=FailureConfig(max_failures=WORKER_FAILURES, controller_failure_limit=0),  # type: ignore[call-arg]
             checkpoint_config=CheckpointConfig(num_to_keep=3),
-            callbacks=[*(extra_callbacks or []), callback],
+            callbacks=[*(extra_callbacks or []), callback],  # type: ignore[list-item]
         ),
     )
 

@@ -93,13 +93,14 @@ def run_search(ctx: AttemptContext, spec: JobSpec, store: AttemptStore) -> dict[
     best_key: str | None = None
     best_value: float | None = None
     summaries: dict[str, dict[str, Any]] = {}
-    for result in grid:
-        trial_key = str((result.metrics or {}).get("trial_id", ""))
+    for result in (grid[i] for i in range(len(grid))):  # ResultGrid is indexable, not typed as iterable
+        metrics = result.metrics or {}
+        trial_key = str(metrics.get("trial_id", ""))
         if not trial_key:
             continue  # failed before its first report; Tune logged why
         summaries[trial_key] = store.results(trial_key)
         value = trial_score(store, trial_key, search.metric, search.mode)
-        iterations = int(result.metrics.get("training_iteration", 0) or 0)
+        iterations = int(metrics.get("training_iteration", 0) or 0)
         state = "failed" if result.error else ("succeeded" if iterations >= total_epochs else "stopped")
         store.record_trial(
             trial_key,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,15 +19,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from service.db import scheduling, tenants
+from service.db import records, scheduling, tenants
 from service.db.engine import Database
 from service.db.models import Job, JobEvent, utcnow
 from service.db.scheduling import Quota
-from service.db.states import ACTIVE, TERMINAL, JobState, check_transition
+from service.db.states import ACTIVE, TERMINAL, Decision, Fate, JobState, check_transition
 from service.schemas.jobs import JobSpec
 
 __all__ = [
     "IdempotencyConflict",
+    "apply",
+    "lock_owned",
     "QueueFull",
     "claim_next",
     "enqueue",
@@ -362,7 +365,7 @@ def fail_unfittable(session: Session, clusters: list[tuple[float, float]]) -> li
     for job in jobs:
         reason = unfittable(job.cpus, job.gpus, clusters)
         if reason is not None:
-            transition(session, job, JobState.failed, message=reason, error=reason)
+            apply(session, job, Decision(Fate.fail, reason, reason))
     return list(jobs)
 
 
@@ -391,17 +394,64 @@ def renew_lease(session: Session, job_id: str, *, owner: str, lease_s: float) ->
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def release(session: Session, job: Job, *, message: str) -> JobEvent:
+def apply(session: Session, job: Job, decision: Decision, *, summary: dict[str, Any] | None = None) -> JobState:
+    """Carry out ``decision`` (``workers.policy`` decides) on ``job``: THE place a job's fate is written.
+
+    - ``succeed``: the run's ``summary`` stored, then ``succeeded``;
+    - ``retry``: ``retrying -> queued`` with the error; the next attempt resumes from its checkpoint;
+    - ``fail``: ``failed`` with the error;
+    - ``give_back``: back to the queue without counting the attempt (``dispatching -> queued``, or
+      ``running -> retrying -> queued``);
+    - ``cancel``: ``cancelled``, through ``cancelling`` when the job was running on Ray.
+
+    Returns the job's new state. Raises ``IllegalTransition`` when the job's locked state does not
+    allow the fate (it was settled meanwhile).
+    """
+    current = _lock_state(session, job)
+    fate, reason, error = decision.fate, decision.reason, decision.error
+    if fate == Fate.succeed:
+        job.summary = records.json_safe(summary or {}, field="summary")
+        transition(session, job, JobState.succeeded, message=reason)
+    elif fate == Fate.retry:
+        transition(session, job, JobState.retrying, message=reason, error=error)
+        transition(session, job, JobState.queued, message="requeued; resumes from its latest checkpoint")
+    elif fate == Fate.give_back:
+        job.attempts = max(job.attempts - 1, 0)
+        if current == JobState.dispatching:
+            transition(session, job, JobState.queued, message=reason)
+        else:
+            transition(session, job, JobState.retrying, message=reason)
+            transition(session, job, JobState.queued, message="requeued; resumes from its latest checkpoint")
+    elif fate == Fate.cancel:
+        if current == JobState.running:
+            transition(session, job, JobState.cancelling, message="cancel requested")
+        transition(session, job, JobState.cancelled, message=reason)
+    else:
+        transition(session, job, JobState.failed, message=reason, error=error)
+    return JobState(job.state)
+
+
+def release(session: Session, job: Job, *, message: str) -> JobState:
     """Give a claimed (``dispatching``) job back to the queue without counting the attempt."""
-    job.attempts = max(job.attempts - 1, 0)
-    return transition(session, job, JobState.queued, message=message)
+    return apply(session, job, Decision(Fate.give_back, message))
 
 
-def reap_expired(session: Session, *, now: datetime | None = None, alive: str | None = None) -> list[Job]:
-    """Jobs whose lease expired (their dispatcher died): back to the queue, or ended.
+def lock_owned(session: Session, job_id: str, owner: str) -> Job | None:
+    """The job's row, locked, if ``owner`` still holds its lease; None when it was reaped (its new owner
+    decides) or is gone."""
+    job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
+    return job if job is not None and job.lease_owner == owner else None
 
-    A job that was ``cancelling`` ends ``cancelled``; one with attempts left goes
-    ``retrying -> queued`` (it resumes from its latest checkpoint); one without ends ``failed``.
+
+LeaseDecider = Callable[..., Decision]
+
+
+def reap_expired(
+    session: Session, decide: LeaseDecider, *, now: datetime | None = None, alive: str | None = None
+) -> list[Job]:
+    """Jobs whose lease expired (their dispatcher died), each settled as ``decide`` says
+    (``workers.policy.after_lease_expiry``: cancelled, retried or failed).
+
     ``alive`` names the calling dispatcher: its own leases are left alone (it may have missed renewals
     during a database outage, but its attempts still run).
     """
@@ -417,22 +467,15 @@ def reap_expired(session: Session, *, now: datetime | None = None, alive: str | 
         .execution_options(populate_existing=True)
     ).all()
     for job in expired:
-        owner = job.lease_owner
-        if job.state == JobState.cancelling or job.cancel_requested:
-            if job.state != JobState.cancelling:
-                transition(session, job, JobState.cancelling, message="cancel requested; lease expired")
-            transition(session, job, JobState.cancelled, message=f"lease of {owner} expired while cancelling")
-        elif job.attempts <= job.max_retries:
-            transition(session, job, JobState.retrying, message=f"lease of {owner} expired", error=job.error)
-            transition(session, job, JobState.queued, message="requeued; resumes from its latest checkpoint")
-        else:
-            transition(
-                session,
-                job,
-                JobState.failed,
-                message=f"lease of {owner} expired and no attempts are left",
-                error=f"dispatcher {owner} stopped renewing its lease",
-            )
+        decision = decide(
+            owner=job.lease_owner,
+            state=job.state,
+            attempts=job.attempts,
+            max_retries=job.max_retries,
+            cancel_requested=job.cancel_requested,
+            error=job.error,
+        )
+        apply(session, job, decision)
     return list(expired)
 
 

@@ -24,10 +24,13 @@ __all__ = [
     "list_dispatchers",
     "list_jobs",
     "list_metrics",
+    "job_state",
+    "latest_checkpoint_file",
     "list_trials",
     "live_clusters",
     "oldest_queued_at",
     "state_events",
+    "watched_states",
 ]
 
 
@@ -184,4 +187,25 @@ def live_clusters(session: Session, *, since: datetime) -> list[tuple[float, flo
             DispatcherHeartbeat.cluster_cpus.is_not(None),
         )
     ).all()
-    return sorted({(float(c), float(g or 0.0)) for c, g in rows}, reverse=True)
+    return sorted({(float(c or 0.0), float(g or 0.0)) for c, g in rows}, reverse=True)
+
+
+def watched_states(session: Session, job_ids: list[str]) -> dict[str, tuple[str, bool]]:
+    """For a dispatcher's running attempts: each job's state and whether a cancel was requested."""
+    rows = session.execute(select(Job.id, Job.state, Job.cancel_requested).where(Job.id.in_(job_ids)))
+    return {job_id: (state, bool(cancel)) for job_id, state, cancel in rows}
+
+
+def job_state(session: Session, job_id: str) -> str | None:
+    """The job's state, None when it does not exist (any tenant: for the dispatcher's log lines)."""
+    return session.scalar(select(Job.state).where(Job.id == job_id))
+
+
+def latest_checkpoint_file(session: Session, job_id: str) -> str | None:
+    """The resumable state of the job's latest checkpoint (not a search trial's), as recorded."""
+    return session.scalar(
+        select(Checkpoint.full_path)
+        .where(Checkpoint.job_id == job_id, Checkpoint.trial_key == "", Checkpoint.full_path.is_not(None))
+        .order_by(Checkpoint.id.desc())
+        .limit(1)
+    )

@@ -7,9 +7,19 @@ the queue performs is checked against ``ALLOWED`` and recorded as a ``JobEvent``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["ACTIVE", "ALLOWED", "TERMINAL", "IllegalTransition", "JobState", "check_transition"]
+__all__ = [
+    "ACTIVE",
+    "ALLOWED",
+    "TERMINAL",
+    "Decision",
+    "Fate",
+    "IllegalTransition",
+    "JobState",
+    "check_transition",
+]
 
 
 class JobState(StrEnum):
@@ -54,3 +64,23 @@ def check_transition(job_id: str, current: JobState, target: JobState) -> None:
     """Raise ``IllegalTransition`` unless ``current -> target`` is allowed."""
     if target not in ALLOWED[current]:
         raise IllegalTransition(job_id, current, target)
+
+
+class Fate(StrEnum):
+    """What happens to a job after an attempt (or its lease) ended: ``workers.policy`` decides,
+    ``queue.apply`` carries it out, in one place."""
+
+    succeed = "succeed"  # -> succeeded, with the run's results
+    retry = "retry"  # -> retrying -> queued; the next attempt resumes from the latest checkpoint
+    fail = "fail"  # -> failed, with the error
+    give_back = "give_back"  # -> queued without counting the attempt (not the job's fault: a dispatcher stopped)
+    cancel = "cancel"  # -> (cancelling ->) cancelled
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A fate with the reason recorded in the job's event and, for failures, the job's error."""
+
+    fate: Fate
+    reason: str
+    error: str | None = None

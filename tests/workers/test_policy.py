@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from workers.policy import Outcome, Verdict, after_attempt, lease_renewal_due, timed_out
+from service.db.states import Fate
+from workers.policy import Outcome, after_attempt, after_lease_expiry, lease_renewal_due, on_shutdown, timed_out
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -14,23 +15,23 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 @pytest.mark.parametrize(
     ("outcome", "attempts", "max_retries", "cancel", "verdict"),
     [
-        (Outcome.succeeded, 1, 0, False, Verdict.succeed),
-        (Outcome.succeeded, 1, 0, True, Verdict.succeed),  # finished before the cancel landed
-        (Outcome.failed, 1, 0, False, Verdict.fail),
-        (Outcome.failed, 1, 1, False, Verdict.retry),
-        (Outcome.failed, 2, 1, False, Verdict.fail),
-        (Outcome.failed, 3, 5, False, Verdict.retry),
-        (Outcome.failed, 1, 3, True, Verdict.cancel),
-        (Outcome.cancelled, 1, 3, False, Verdict.cancel),
-        (Outcome.cancelled, 1, 0, True, Verdict.cancel),
-        (Outcome.timed_out, 1, 1, False, Verdict.retry),
-        (Outcome.timed_out, 2, 1, False, Verdict.fail),
-        (Outcome.timed_out, 1, 1, True, Verdict.cancel),
+        (Outcome.succeeded, 1, 0, False, Fate.succeed),
+        (Outcome.succeeded, 1, 0, True, Fate.succeed),  # finished before the cancel landed
+        (Outcome.failed, 1, 0, False, Fate.fail),
+        (Outcome.failed, 1, 1, False, Fate.retry),
+        (Outcome.failed, 2, 1, False, Fate.fail),
+        (Outcome.failed, 3, 5, False, Fate.retry),
+        (Outcome.failed, 1, 3, True, Fate.cancel),
+        (Outcome.cancelled, 1, 3, False, Fate.cancel),
+        (Outcome.cancelled, 1, 0, True, Fate.cancel),
+        (Outcome.timed_out, 1, 1, False, Fate.retry),
+        (Outcome.timed_out, 2, 1, False, Fate.fail),
+        (Outcome.timed_out, 1, 1, True, Fate.cancel),
     ],
 )
-def test_after_attempt(outcome: Outcome, attempts: int, max_retries: int, cancel: bool, verdict: Verdict) -> None:
+def test_after_attempt(outcome: Outcome, attempts: int, max_retries: int, cancel: bool, verdict: Fate) -> None:
     decision = after_attempt(outcome, attempts=attempts, max_retries=max_retries, cancel_requested=cancel)
-    assert decision.verdict == verdict
+    assert decision.fate == verdict
     assert decision.reason
 
 
@@ -143,3 +144,38 @@ def test_describe_bounds_its_length_and_survives_empty_messages() -> None:
     assert describe(RuntimeError()) == "RuntimeError"
     long = describe(ValueError("x" * 10_000), limit=100)
     assert len(long) == 100 and long.startswith("ValueError: xxx")
+
+
+@pytest.mark.parametrize(
+    ("state", "attempts", "max_retries", "cancel", "fate"),
+    [
+        ("running", 1, 1, False, Fate.retry),
+        ("running", 2, 1, False, Fate.fail),
+        ("dispatching", 1, 0, False, Fate.fail),
+        ("running", 1, 3, True, Fate.cancel),
+        ("cancelling", 1, 3, False, Fate.cancel),
+    ],
+)
+def test_after_lease_expiry(state: str, attempts: int, max_retries: int, cancel: bool, fate: Fate) -> None:
+    decision = after_lease_expiry(
+        owner="d9", state=state, attempts=attempts, max_retries=max_retries, cancel_requested=cancel, error=None
+    )
+    assert decision.fate == fate and "d9" in decision.reason
+    if fate == Fate.fail:
+        assert decision.error == "dispatcher d9 stopped renewing its lease"
+
+
+def test_on_shutdown_gives_back_and_ends_cancels() -> None:
+    assert on_shutdown(owner="d1", state="running").fate == Fate.give_back
+    assert on_shutdown(owner="d1", state="dispatching").fate == Fate.give_back
+    assert on_shutdown(owner="d1", state="cancelling").fate == Fate.cancel
+
+
+def test_a_non_retryable_error_fails_at_once_with_its_message() -> None:
+    decision = after_attempt(
+        Outcome.failed, attempts=1, max_retries=5, cancel_requested=False, error="DatasetError: x", retry=False
+    )
+    assert decision.fate == Fate.fail and decision.error == "DatasetError: x"
+    assert "cannot succeed" in decision.reason
+    timed = after_attempt(Outcome.timed_out, attempts=1, max_retries=0, cancel_requested=False, timeout_s=30)
+    assert timed.error == "attempt 1 exceeded timeout_s=30"

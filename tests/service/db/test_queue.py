@@ -29,6 +29,7 @@ from service.db.reads import events_after
 from service.db.scheduling import Quota
 from service.db.states import IllegalTransition, JobState
 from tests.service.db.conftest import TENANT, MakeJob, claim, job_spec, move, seconds_from_now
+from workers.policy import after_lease_expiry
 
 S = JobState
 
@@ -209,7 +210,7 @@ def test_renew_lease_fails_after_reaping(db: Database, make_job: MakeJob) -> Non
     make_job(max_retries=3)
     job = claim(db, owner="d1", lease_s=5)
     with db.write() as session:
-        reaped = reap_expired(session, now=utcnow() + timedelta(seconds=60))
+        reaped = reap_expired(session, after_lease_expiry, now=utcnow() + timedelta(seconds=60))
     assert [j.id for j in reaped] == [job.id]
     with db.write() as session:
         assert not renew_lease(session, job.id, owner="d1", lease_s=30)
@@ -233,7 +234,7 @@ def test_reap_expired(db: Database, make_job: MakeJob) -> None:
     before = {job_id: _states(db, job_id) for job_id in (retry_id, fail_id, cancel_id, alive_id)}
 
     with db.write() as session:
-        reaped = reap_expired(session, now=utcnow() + timedelta(seconds=60))
+        reaped = reap_expired(session, after_lease_expiry, now=utcnow() + timedelta(seconds=60))
 
     assert sorted(j.id for j in reaped) == sorted([retry_id, fail_id, cancel_id])
     retried = _job(db, retry_id)
@@ -257,7 +258,7 @@ def test_reap_without_expired_leases_changes_nothing(db: Database, make_job: Mak
     claim(db, lease_s=60)
     count = _event_count(db)
     with db.write() as session:
-        assert reap_expired(session) == []
+        assert reap_expired(session, after_lease_expiry) == []
     assert _event_count(db) == count
 
 
@@ -268,7 +269,7 @@ def test_reap_leaves_the_callers_own_expired_leases_alone(db: Database, make_job
     assert claim(db, owner="d1", lease_s=1).id == own_id
     assert claim(db, owner="d2", lease_s=1).id == other_id
     with db.write() as session:
-        reaped = reap_expired(session, now=utcnow() + timedelta(seconds=60), alive="d1")
+        reaped = reap_expired(session, after_lease_expiry, now=utcnow() + timedelta(seconds=60), alive="d1")
     assert [j.id for j in reaped] == [other_id]
     own = _job(db, own_id)
     assert (own.state, own.lease_owner) == (S.dispatching, "d1")
