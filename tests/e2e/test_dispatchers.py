@@ -1,10 +1,12 @@
 """Three dispatcher processes on one PostgreSQL queue and one Ray cluster drain a batch of small
-jobs: each runs exactly once, none is lost. (``bench/dispatchers.py`` does the same with 500.)"""
+jobs of two tenants, each allowed one job at a time: each job runs exactly once, none is lost, and
+no tenant ever has two on Ray at once. (``bench/dispatchers.py`` does the same with 500.)"""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -30,15 +32,24 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:  # noqa: F81
 def test_three_dispatchers_run_every_job_exactly_once(ray_head: RayHead, tmp_path: Path, postgres_url: str) -> None:
     from sqlalchemy import select
 
+    from service.client import Client
     from service.db.models import Job, JobEvent, Metric
+    from service.security import create_token
 
     with run_service(
-        ray_head.address, ray_head.dashboard_url, tmp_path / "fsg", database_url=postgres_url, dispatchers=3
+        ray_head.address,
+        ray_head.dashboard_url,
+        tmp_path / "fsg",
+        database_url=postgres_url,
+        dispatchers=3,
+        extra_env={"FSG_TENANT_MAX_RUNNING": "1"},
     ) as svc:
-        client = svc.client()
-        ids = {client.submit(small_job(i))["id"] for i in range(JOBS)}
         db = svc.database()
         try:
+            with db.write() as session:
+                other = Client(svc.url, create_token(session, "bob", "tests", 1))
+            clients = [svc.client(), other]
+            ids = {clients[i % 2].submit(small_job(i))["id"] for i in range(JOBS)}
 
             def finished() -> bool:
                 with db.read() as session:
@@ -59,4 +70,18 @@ def test_three_dispatchers_run_every_job_exactly_once(ray_head: RayHead, tmp_pat
     assert all(m.attempt == 1 for m in metrics) and len({m.job_id for m in metrics}) == JOBS
     claimers = {e.data["owner"] for e in events if e.kind == "state" and e.to_state == "dispatching"}
     assert len(claimers) >= 2, "the dispatchers shared the queue"
+    # The quota (one job on Ray per tenant) held across the three dispatchers: a job's claim is written
+    # after the previous job of its tenant ended, so the tenant's [claimed, ended] spans never overlap.
+    tenant_of = {j.id: j.tenant for j in jobs}
+    spans: dict[str, list[tuple[datetime, datetime]]] = {"e2e": [], "bob": []}
+    for job_id in ids:
+        own = [e for e in events if e.job_id == job_id and e.kind == "state"]
+        claimed = min(e.created_at for e in own if e.to_state == "dispatching")
+        ended = max(e.created_at for e in own if e.to_state == "succeeded")
+        spans[tenant_of[job_id]].append((claimed, ended))
+    for tenant, tenant_spans in spans.items():
+        tenant_spans.sort()
+        assert len(tenant_spans) == JOBS // 2
+        overlaps = [(a, b) for a, b in zip(tenant_spans, tenant_spans[1:], strict=False) if b[0] < a[1]]
+        assert not overlaps, f"tenant {tenant} had two jobs on Ray at once: {overlaps[:2]}"
     wait_for(lambda: ray_head.resources()[0] >= RAY_CPUS, 60, "Ray's CPUs are free again")
