@@ -44,7 +44,7 @@ class Reporter:
         """An epoch finished with ``metrics``; ``checkpoint`` is the state to persist, or None."""
 
     def on_end(self, summary: dict[str, Any]) -> None:
-        """The run finished; ``summary`` holds best and last-10 figures."""
+        """The run finished; ``summary`` holds best and last-k figures."""
 
 
 class MultiReporter(Reporter):

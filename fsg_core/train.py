@@ -2,7 +2,7 @@
 
 Reads top to bottom: build (data, model, estimator) -> maybe resume -> full-precision pre-training
 (W1A32 protocol) -> binarized training, each epoch [lr from the schedule -> train -> evaluate -> report
--> checkpoint on rank 0] -> summary (best and last-10). Data parallelism is explicit: every rank builds
+-> checkpoint on rank 0] -> summary (best and last-k). Data parallelism is explicit: every rank builds
 the same model from the same seed, trains on its slice of each global batch, and gradients (and a
 learned estimator's ``g`` and meta-gradients) are averaged with one all-reduce per step.
 """
@@ -423,8 +423,15 @@ class _Trainer:
             self.reporter.report(metrics, state)
 
 
+def last_k(epochs: int) -> int:
+    """The window of the "last-k" figures for a run of ``epochs`` binarized epochs: at most a third of
+    them (a short run's mean would otherwise include the collapse when binarization starts), at most
+    10, at least 1."""
+    return max(1, min(10, epochs // 3))
+
+
 def summarize_history(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Best and last-10 figures of the binarized phase (FSG_SPEC §1: report both)."""
+    """Best and last-k figures of the binarized phase (FSG_SPEC §1: report both), k = ``last_k``."""
     rows = [r for r in history if r.get("phase") == "binary"]
     if not rows:
         return {}
@@ -440,8 +447,10 @@ def summarize_history(history: list[dict[str, Any]]) -> dict[str, Any]:
         out.update(best_val_acc=best_v, best_val_epoch=best_i + 1, test_acc_at_best_val=rows[best_i].get("test_acc"))
     if test:
         out["best_test_acc"] = max(v for _, v in test)
-        tail = [v for _, v in test[-10:]]
-        out["last10_test_acc"] = sum(tail) / len(tail)
+        k = last_k(len(rows))
+        tail = [v for _, v in test[-k:]]
+        out["last_k"] = len(tail)
+        out["last_k_test_acc"] = sum(tail) / len(tail)
         out["final_test_acc"] = test[-1][1]
     steps = [r["step_time_s"] for r in rows if "step_time_s" in r]
     if steps:

@@ -140,7 +140,7 @@ class Client:
 
     def compare(self, job_ids: list[str]) -> dict[str, Any]:
         """``GET /v1/compare``: ``{"jobs": [...]}`` in the order of ``job_ids`` (1 to 12 of them), each with
-        its best / last-10 figures and per-epoch ``curves``."""
+        its best / last-k figures and per-epoch ``curves``."""
         result: dict[str, Any] = self._json("GET", "/v1/compare", params={"job": list(job_ids)})
         return result
 

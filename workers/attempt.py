@@ -208,7 +208,7 @@ class AttemptStore:
         return self._read(lambda session: _rows(session, self.job_id, trial_key))
 
     def results(self, trial_key: str | None = "") -> dict[str, Any]:
-        """Best and last-10 figures of the recorded epochs, plus the size of the latest packed model:
+        """Best and last-k figures of the recorded epochs, plus the size of the latest packed model:
         what the job's summary holds when the attempt succeeds."""
 
         def read(session: Session) -> tuple[list[dict[str, Any]], list[Any]]:

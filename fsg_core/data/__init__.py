@@ -24,12 +24,14 @@ from fsg_core.spec import DataSpec
 
 __all__ = [
     "DatasetError",
+    "SplitIndices",
     "Splits",
     "TensorSplit",
     "build_splits",
     "iterate_batches",
     "num_batches",
     "should_pin_memory",
+    "split_indices",
 ]
 
 # Digits and synthetic data have no official test set. Their hold-out uses this fixed seed rather than
@@ -73,6 +75,39 @@ class Splits:
     name: str  # DataSpec.dataset
 
 
+@dataclass(frozen=True, eq=False)
+class SplitIndices:
+    """Which samples of the loaded training source each split holds (sorted positions in it); ``test``
+    is None where the dataset has a test set of its own (CIFAR)."""
+
+    train: Tensor
+    val: Tensor
+    test: Tensor | None
+
+
+def _split_indices(labels: Tensor, spec: DataSpec, seed: int, *, hold_test: bool) -> SplitIndices:
+    test_idx = None
+    pool = torch.arange(len(labels))
+    if hold_test:
+        n_test = _held_count(len(labels), spec.test_fraction)
+        rest, held = _stratified_split(labels, n_test, torch.Generator().manual_seed(_TEST_SPLIT_SEED))
+        pool, test_idx = rest, held
+    generator = torch.Generator().manual_seed(seed)
+    train, val = _stratified_split(labels[pool], _held_count(len(pool), spec.val_fraction), generator)
+    train_idx, val_idx = pool[train], pool[val]
+    if spec.max_train_samples is not None and len(train_idx) > spec.max_train_samples:
+        _, kept = _stratified_split(labels[train_idx], spec.max_train_samples, generator)
+        train_idx = train_idx[kept]
+    return SplitIndices(train=train_idx, val=val_idx, test=test_idx)
+
+
+def split_indices(spec: DataSpec, seed: int) -> SplitIndices:
+    """The sample positions ``build_splits(spec, seed)`` puts in each split: what a study checks to keep
+    a pre-training's training set out of a run's validation set."""
+    (_, labels), test, _ = _load(spec)
+    return _split_indices(labels, spec, seed, hold_test=test is None)
+
+
 def build_splits(spec: DataSpec, seed: int) -> Splits:
     """Load ``spec.dataset`` and split, resize and normalize it.
 
@@ -93,17 +128,11 @@ def build_splits(spec: DataSpec, seed: int) -> Splits:
         DatasetError: the data cannot be read, or the fractions leave the train split empty.
     """
     (images, labels), test, num_classes = _load(spec)
-    if test is None:
-        n_test = _held_count(len(labels), spec.test_fraction)
-        rest, held = _stratified_split(labels, n_test, torch.Generator().manual_seed(_TEST_SPLIT_SEED))
-        test = images[held], labels[held]
-        images, labels = images[rest], labels[rest]
-
-    generator = torch.Generator().manual_seed(seed)
-    train_idx, val_idx = _stratified_split(labels, _held_count(len(labels), spec.val_fraction), generator)
-    if spec.max_train_samples is not None and len(train_idx) > spec.max_train_samples:
-        _, kept = _stratified_split(labels[train_idx], spec.max_train_samples, generator)
-        train_idx = train_idx[kept]
+    indices = _split_indices(labels, spec, seed, hold_test=test is None)
+    if indices.test is not None:
+        test = images[indices.test], labels[indices.test]
+    assert test is not None  # the dataset's own, or held out above
+    train_idx, val_idx = indices.train, indices.val
     if len(train_idx) == 0:
         raise DatasetError(
             f"{spec.dataset}: {len(labels)} training samples leave none for training after "

@@ -73,7 +73,17 @@ class MetaQuant(LookaheadEstimator):
             m = g * out
         direction = calibration * m
         base = direction.detach()
-        return direction, base, ({"meta_grad_rms": base.pow(2).mean().sqrt()} if stats else {})
+        if not stats:
+            return direction, base, {}
+        return (
+            direction,
+            base,
+            {
+                "meta_grad_rms": base.pow(2).mean().sqrt(),
+                # How far the learned update turns from the STE gradient c * g.
+                "update_ste_cos": torch.nn.functional.cosine_similarity(base, calibration * g, dim=0),
+            },
+        )
 
     def observe(self, grads: Tensor, tildes: Tensor) -> None:
         self.prev_grad, self.prev_tilde = grads, tildes

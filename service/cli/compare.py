@@ -48,13 +48,22 @@ def _step_time(job: dict[str, Any]) -> str:
     return _number(value * 1000, ".1f") + " ms" if isinstance(value, int | float) else "-"
 
 
+def _last_k(job: dict[str, Any]) -> str:
+    """The last-k mean with its window: k depends on the run's length, so it is always shown."""
+    value = _number(job.get("last_k_test_acc"), ".4f")
+    return f"{value} (k={job['last_k']})" if job.get("last_k") else value
+
+
 # The summary columns, shared by the terminal table and the HTML report: (header, cell of a compared job).
 COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("job", lambda j: f"{j['name']} ({j['id'][:8]})"),
     ("estimator", lambda j: j.get("estimator") or "-"),
     ("state", lambda j: j["state"]),
     ("best val acc", lambda j: _number(j.get("best_val_acc"), ".4f")),
-    ("last-10 test acc", lambda j: _number(j.get("last10_test_acc"), ".4f")),
+    (
+        "last-k test acc",
+        lambda j: _number(j.get("last_k_test_acc"), ".4f") + (f" (k={j['last_k']})" if j.get("last_k") else ""),
+    ),
     ("final train loss", lambda j: _number(j.get("final_train_loss"), ".4f")),
     ("step time", _step_time),
     ("packed size", lambda j: format_bytes(j.get("packed_bytes"))),
@@ -265,7 +274,7 @@ def compare(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the API's answer as JSON")] = False,
 ) -> None:
-    """Compare jobs: best and last-10 accuracy, final loss, step time, packed size; --plot the curves."""
+    """Compare jobs: best and last-k accuracy, final loss, step time, packed size; --plot the curves."""
     from service.client import ApiError
 
     with _client() as client:

@@ -27,7 +27,7 @@ class JobComparison:
         trial_key: whose metrics ``rows`` are: ``""`` for a training job, the best trial for a search,
             None for a search without a best trial yet (``rows`` is then empty).
         rows: ``{"phase", "epoch", **values}`` per reported epoch, pre-training first, then binarized.
-        figures: ``summarize_rows(rows)``: best / last-10 figures of the binarized phase, NaN as None.
+        figures: ``summarize_rows(rows)``: best / last-k figures of the binarized phase, NaN as None.
         packed_bytes: the size of the latest packed model of ``trial_key``; None before one is written.
     """
 

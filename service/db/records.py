@@ -233,7 +233,7 @@ def mark_best_trial(session: Session, job_id: str, trial_key: str) -> None:
 
 
 def set_summary(session: Session, job: Job, summary: dict[str, Any]) -> None:
-    """Store the job's summary metrics (best / last-10 figures, packed size, best trial...)."""
+    """Store the job's summary metrics (best / last-k figures, packed size, best trial...)."""
     # A new dict, not an in-place edit: the JSON column only notices assignment.
     job.summary = json_safe(summary, field="summary")
     session.flush()

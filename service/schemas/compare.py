@@ -49,7 +49,10 @@ class ComparedJobRead(BaseModel):
     best_val_acc: Finite
     best_val_epoch: int | None = Field(description="the binarized epoch (from 1) of best_val_acc")
     test_acc_at_best_val: Finite
-    last10_test_acc: Finite = Field(description="mean test accuracy of the last 10 binarized epochs")
+    last_k_test_acc: Finite = Field(
+        description="mean test accuracy of the last k binarized epochs (k: at most a third of them, at most 10)"
+    )
+    last_k: int | None = Field(None, description="k of last_k_test_acc")
     final_train_loss: Finite
     mean_step_time_s: Finite
     packed_bytes: int | None = Field(description="size of the latest packed 1-bit model; null before one")
@@ -85,7 +88,8 @@ class ComparedJobRead(BaseModel):
             best_val_acc=figures.get("best_val_acc"),
             best_val_epoch=best_epoch if isinstance(best_epoch, int) else None,
             test_acc_at_best_val=figures.get("test_acc_at_best_val"),
-            last10_test_acc=figures.get("last10_test_acc"),
+            last_k_test_acc=figures.get("last_k_test_acc"),
+            last_k=figures.get("last_k"),
             final_train_loss=figures.get("final_train_loss"),
             mean_step_time_s=figures.get("mean_step_time_s"),
             packed_bytes=comparison.packed_bytes,

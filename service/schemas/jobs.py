@@ -210,7 +210,7 @@ class JobRead(ReadModel):
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
     spec: dict[str, Any] = Field(description="the resolved spec: every default filled in, paths resolved")
-    summary: dict[str, Any] | None = Field(description="best / last-10 metrics and sizes, once reported")
+    summary: dict[str, Any] | None = Field(description="best / last-k metrics and sizes, once reported")
     error: str | None = Field(description="the last attempt's error, if any")
     cancel_requested: bool
     ray_dashboard_url: str | None = Field(description="the Ray dashboard, where the job's Ray run is shown")

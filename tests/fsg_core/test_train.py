@@ -12,7 +12,7 @@ from fsg_core.binary import binary_layers
 from fsg_core.checkpoint import load_checkpoint
 from fsg_core.reporting import FileReporter, Reporter
 from fsg_core.spec import TrainSpec
-from fsg_core.train import fit, summarize_history
+from fsg_core.train import fit, last_k, summarize_history
 from tests.conftest import tiny_spec_dict
 
 TIMING = {"step_time_s", "epoch_time_s"}
@@ -106,7 +106,7 @@ def test_lr_schedule_is_applied_per_epoch() -> None:
     assert [r["lr"] for r in result.history] == pytest.approx([1e-3, 5e-4, 2.5e-4])
 
 
-def test_summary_reports_best_and_last10() -> None:
+def test_summary_reports_best_and_last_k() -> None:
     rows = [{"phase": "pretrain", "val_acc": 0.99, "test_acc": 0.99, "train_loss": 0.1}] + [
         {"phase": "binary", "val_acc": v, "test_acc": t, "train_loss": 1.0 - i / 20, "step_time_s": 0.5}
         for i, (v, t) in enumerate(zip([0.1 * i for i in range(12)], [0.05 * i for i in range(12)], strict=True))
@@ -115,8 +115,14 @@ def test_summary_reports_best_and_last10() -> None:
     assert s["epochs"] == 12
     assert s["best_val_acc"] == pytest.approx(1.1) and s["best_val_epoch"] == 12
     assert s["test_acc_at_best_val"] == pytest.approx(0.55)
-    assert s["last10_test_acc"] == pytest.approx(sum(0.05 * i for i in range(2, 12)) / 10)
+    # 12 binarized epochs: the window is a third of them, so the collapse at the start stays out.
+    assert s["last_k"] == 4 and s["last_k_test_acc"] == pytest.approx(sum(0.05 * i for i in range(8, 12)) / 4)
     assert s["final_train_loss"] == pytest.approx(1.0 - 11 / 20)
+
+
+@pytest.mark.parametrize(("epochs", "k"), [(1, 1), (2, 1), (8, 2), (20, 6), (30, 10), (200, 10)])
+def test_the_last_k_window_is_at_most_a_third_of_the_epochs(epochs: int, k: int) -> None:
+    assert last_k(epochs) == k
 
 
 def test_init_from_another_runs_checkpoint_skips_pretraining(tmp_path) -> None:

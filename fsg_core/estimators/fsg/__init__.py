@@ -153,10 +153,18 @@ class FSG(LookaheadEstimator):
         base = cf.detach() if p.update == "fast" else direction.detach()
         if not stats:
             return direction, base, {}
+        # What each term contributes to the look-ahead, and how the learned update relates to the STE
+        # gradient c * g: is the slow net alive, and does the update still point where STE's does?
+        slow_term = (p.alpha * s).detach().pow(2).mean().sqrt()
+        fast_term = ((1.0 - p.alpha) * cf).detach().pow(2).mean().sqrt()
         figures = {
             "fast_rms": cf.detach().pow(2).mean().sqrt(),
             "slow_rms": s.detach().pow(2).mean().sqrt(),
             "fast_slow_cos": torch.nn.functional.cosine_similarity(cf.detach(), s.detach(), dim=0),
+            "slow_term_rms": slow_term,
+            "fast_term_rms": fast_term,
+            "slow_fast_ratio": slow_term / fast_term.clamp_min(1e-30),
+            "update_ste_cos": torch.nn.functional.cosine_similarity(direction.detach(), calibration * g, dim=0),
         }
         if p.fast_activation == "none":
             figures["fast_scale"] = self.fast.scale().detach()

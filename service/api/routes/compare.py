@@ -26,7 +26,7 @@ def compare(
         Query(min_length=1, max_length=MAX_JOBS, description=f"a job id, repeated for each job (1 to {MAX_JOBS})"),
     ],
 ) -> ComparisonRead:
-    """The jobs in the order given: best / last-10 figures of the binarized phase (as ``fsg train``
+    """The jobs in the order given: best / last-k figures of the binarized phase (as ``fsg train``
     reports them), packed size, and the stored per-epoch curves (a search: its best trial's)."""
     found = compare_jobs(session, tenant, [job_id for job_id in job if is_job_id(job_id)])
     missing = next((job_id for job_id in job if job_id not in found), None)

@@ -27,7 +27,7 @@ const COLUMNS = [
     "max",
   ],
   ["Test @ best val", (j) => j.test_acc_at_best_val, (v) => pct(v, 2), "max"],
-  ["Last-10 test", (j) => j.last10_test_acc, (v) => pct(v, 2), "max"],
+  ["Last-k test", (j) => j.last_k_test_acc, (v) => pct(v, 2), "max"],
   ["Final loss", (j) => j.final_train_loss, (v) => num(v), "min"],
   ["Step time", (j) => j.mean_step_time_s, (v) => seconds(v), "min"],
   ["Packed model", (j) => j.packed_bytes, (v) => bytes(v), "min"],

@@ -11,20 +11,27 @@ import { totalEpochs } from "./jobs.js";
 const LOSSES = ["train_loss", "val_loss", "test_loss"];
 const ACCURACIES = ["train_acc", "val_acc", "test_acc"];
 const ACTIVITY_MAX = 10;
+// Learned estimators' contribution telemetry (fsg_core: FSG and MetaQuant statistics, per epoch).
+const TERMS = ["slow_term_rms", "fast_term_rms"];
+const COSINES = ["update_ste_cos", "fast_slow_cos"];
+const TERM_COLORS = { slow_term_rms: "#7c3aed", fast_term_rms: "#0891b2", update_ste_cos: "#dc2626", fast_slow_cos: "#4b5563" };
 
-/** Best / last-10 figures of binarized rows, as fsg_core.train.summarize_history computes them. */
+/** Best / last-k figures of binarized rows, as fsg_core.train.summarize_history computes them
+ * (k: at most a third of the binarized epochs, at most 10, at least 1). */
 export function figuresOf(rows) {
   const binary = ordered(rows).filter((r) => r.phase === "binary");
   const val = binary.filter((r) => typeof r.val_acc === "number");
   const test = binary.filter((r) => typeof r.test_acc === "number").map((r) => r.test_acc);
   const steps = binary.filter((r) => typeof r.step_time_s === "number").map((r) => r.step_time_s);
   const best = val.reduce((a, r) => (a === null || r.val_acc > a.val_acc ? r : a), null);
-  const tail = test.slice(-10);
+  const k = Math.max(1, Math.min(10, Math.floor(binary.length / 3)));
+  const tail = test.slice(-k);
   return {
     best_val_acc: best?.val_acc ?? null,
     best_val_epoch: best?.epoch ?? null,
     test_acc_at_best_val: best?.test_acc ?? null,
-    last10_test_acc: tail.length ? tail.reduce((a, b) => a + b, 0) / tail.length : null,
+    last_k: tail.length,
+    last_k_test_acc: tail.length ? tail.reduce((a, b) => a + b, 0) / tail.length : null,
     mean_step_time_s: steps.length ? steps.reduce((a, b) => a + b, 0) / steps.length : null,
   };
 }
@@ -96,7 +103,7 @@ export function jobView(root, { params: [jobId], signal }) {
     epochs: stat("Epochs", "stat-epochs"),
     best: stat("Best val acc", "stat-best-val"),
     test: stat("Test acc @ best val", "stat-test-at-best"),
-    last10: stat("Last-10 test acc", "stat-last10"),
+    lastK: stat("Last-k test acc", "stat-last-k"),
     step: stat("Step time", "stat-step-time"),
     runtime: stat("Runtime", "stat-runtime"),
   };
@@ -104,6 +111,14 @@ export function jobView(root, { params: [jobId], signal }) {
 
   const lossDiv = h("div", { id: "chart-loss", class: "chart", dataset: { testid: "chart-loss" } });
   const accDiv = h("div", { id: "chart-acc", class: "chart", dataset: { testid: "chart-acc" } });
+  const termsDiv = h("div", { id: "chart-terms", class: "chart", dataset: { testid: "chart-terms" } });
+  const cosDiv = h("div", { id: "chart-cos", class: "chart", dataset: { testid: "chart-cos" } });
+  const telemetry = h(
+    "div",
+    { class: "grid-2", hidden: true, dataset: { testid: "telemetry" } },
+    card("Slow and fast terms (RMS of a·s and (1−a)·c·f)", { testid: "terms-card" }, termsDiv),
+    card("Cosines (update vs STE's c·g; fast vs slow)", { testid: "cos-card" }, cosDiv),
+  );
   const trialsBody = h("tbody");
   const trialsCard = card(
     "Trials",
@@ -165,6 +180,7 @@ export function jobView(root, { params: [jobId], signal }) {
       card("Loss", { testid: "loss-card" }, lossDiv),
       card("Accuracy", { testid: "acc-card" }, accDiv),
     ),
+    telemetry,
     trialsCard,
     h(
       "div",
@@ -235,7 +251,8 @@ export function jobView(root, { params: [jobId], signal }) {
       f.best_val_epoch ? `binarized epoch ${f.best_val_epoch}` : search && bestTrial() ? `trial ${bestTrial()}` : "",
     );
     setText(stats.test.value, pct(f.test_acc_at_best_val));
-    setText(stats.last10.value, pct(f.last10_test_acc));
+    setText(stats.lastK.value, pct(f.last_k_test_acc));
+    setText(stats.lastK.sub, f.last_k ? `last ${f.last_k} epochs` : "");
     setText(stats.step.value, seconds(f.mean_step_time_s));
     setText(stats.step.sub, f.mean_step_time_s ? "mean per step" : "");
     setText(stats.runtime.value, duration(job.started_at, job.finished_at));
@@ -287,6 +304,18 @@ export function jobView(root, { params: [jobId], signal }) {
         pick(ACCURACIES).map((m) => trace(rows, m, p, colored(m))),
         { yTitle: "accuracy", percent: true, pretrainEpochs: p },
       );
+      // Only learned estimators report these; the cards stay hidden for every other job.
+      const has = (metrics) => metrics.filter((m) => rows.some((r) => typeof r[m] === "number"));
+      telemetry.hidden = !has([...TERMS, ...COSINES]).length;
+      if (!telemetry.hidden) {
+        const tinted = (m) => ({ color: TERM_COLORS[m], meta: { job: job.id } });
+        draw(termsDiv, has(TERMS).map((m) => trace(rows, m, p, tinted(m))), {
+          yTitle: "RMS (log scale)",
+          log: true,
+          pretrainEpochs: p,
+        });
+        draw(cosDiv, has(COSINES).map((m) => trace(rows, m, p, tinted(m))), { yTitle: "cosine", pretrainEpochs: p });
+      }
     }
     renderStats();
   }

@@ -252,3 +252,19 @@ def test_pinned_batches_are_pinned_and_unchanged(monkeypatch: pytest.MonkeyPatch
     assert len(pinned) == (2 * len(plain) if pin else 0)  # images and labels of every batch
     for (x, y), (px, py) in zip(plain, got, strict=True):
         assert torch.equal(x, px) and torch.equal(y, py)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_split_indices_name_the_samples_build_splits_puts_in_each_split(seed: int) -> None:
+    from fsg_core.data import _load, split_indices
+
+    spec = DataSpec.model_validate({"dataset": "digits", "max_train_samples": 500})
+    (_, labels), _, _ = _load(spec)
+    built = build_splits(spec, seed)
+    idx = split_indices(spec, seed)
+    assert idx.test is not None
+    assert torch.equal(labels[idx.train].to(torch.int64), built.train.labels)
+    assert torch.equal(labels[idx.val].to(torch.int64), built.val.labels)
+    assert torch.equal(labels[idx.test].to(torch.int64), built.test.labels)
+    every = torch.cat([idx.train, idx.val, idx.test])
+    assert len(set(every.tolist())) == len(every)  # no sample in two splits

@@ -293,6 +293,32 @@ def test_statistics_are_finite_means_and_reset() -> None:
     assert est.statistics() == {}
 
 
+@pytest.mark.parametrize("alpha", [0.9, 0.3])
+def test_contribution_telemetry_equals_the_hand_computed_terms(alpha: float) -> None:
+    """RMS of a*s and of (1-a)*c*f, their ratio, and the cosine of the update with STE's c*g."""
+    est, model, opt = _build(update="fast", stats_every=1, alpha=alpha)
+    _step(est, model, opt, 0)
+    _step(est, model, opt, 1)
+    est.statistics()  # only the next step counts
+    expected = _Expected(est, model)
+    g = est.history.latest().clone()
+    scale = float(est.fast.scale().detach())  # the fast net's learned scalar, before this step's meta update
+    _step(est, model, opt, 2)
+    stats = est.statistics()
+
+    def rms(x: torch.Tensor) -> float:
+        return float(x.pow(2).mean().sqrt())
+
+    slow, fast = rms(alpha * expected.s), rms((1 - alpha) * expected.c * expected.f)
+    assert stats["slow_term_rms"] == pytest.approx(slow, rel=1e-5)
+    assert stats["fast_term_rms"] == pytest.approx(fast, rel=1e-5)
+    assert stats["slow_fast_ratio"] == pytest.approx(slow / fast, rel=1e-5)
+    ste = expected.c * g
+    cos = float(expected.direction @ ste / (expected.direction.norm() * ste.norm()))
+    assert stats["update_ste_cos"] == pytest.approx(cos, rel=1e-5, abs=1e-7)
+    assert stats["fast_scale"] == pytest.approx(scale, rel=1e-6)
+
+
 def test_statistics_sample_every_n_steps() -> None:
     est, model, opt = _build(update="fast", stats_every=2)
     _step(est, model, opt, 0)  # est.steps 0 -> 1, no look-ahead

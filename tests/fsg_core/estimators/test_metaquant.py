@@ -172,6 +172,22 @@ def test_statistics_report_the_meta_gradient_rms() -> None:
     assert est.statistics() == {}
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_statistics_report_the_updates_cosine_with_the_ste_gradient(variant: str) -> None:
+    est, model, opt = _build(variant, stats_every=1)
+    _step(est, model, opt, 0)
+    _step(est, model, opt, 1)
+    est.statistics()
+    update = _expected_grad(est, model)
+    assert est.prev_grad is not None
+    with torch.no_grad():
+        c = torch.cat([layer.binarizer.calibration(layer.weight).reshape(-1) for layer in _layers(model)])
+    ste = c * est.prev_grad
+    _step(est, model, opt, 2)
+    cos = float(update @ ste / (update.norm() * ste.norm()))
+    assert est.statistics()["update_ste_cos"] == pytest.approx(cos, rel=1e-5, abs=1e-7)
+
+
 @pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
 def test_state_from_a_cpu_checkpoint_lands_on_the_models_device() -> None:
     """The carried gradient, ``w~`` and LSTM state follow the model (``meta`` stands in for a GPU)."""

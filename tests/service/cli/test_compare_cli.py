@@ -71,13 +71,13 @@ def test_compare_prints_the_table_and_plots_the_stored_metrics(
     result = runner.invoke(cli, ["compare", a["id"], b["id"], "--plot", str(png)])
     assert result.exit_code == 0, result.output
 
-    for header in ("job", "estimator", "state", "best val acc", "last-10 test acc", "final train loss", "packed size"):
+    for header in ("job", "estimator", "state", "best val acc", "last-k test acc", "final train loss", "packed size"):
         assert header in result.output
     for job, rows in two_jobs:
         line = next(line for line in result.output.splitlines() if job["id"][:8] in line)
         assert job["name"] in line and job["spec"]["estimator"]["name"] in line
         assert f"{summarize_history(rows)['best_val_acc']:.4f}" in line
-        assert f"{summarize_history(rows)['last10_test_acc']:.4f}" in line
+        assert f"{summarize_history(rows)['last_k_test_acc']:.4f}" in line
 
     with Image.open(png) as image:  # a real PNG, of the figure's size
         assert image.format == "PNG" and image.size[0] > 600

@@ -192,6 +192,7 @@ def test_the_job_page_plots_one_point_per_finished_epoch_and_resumes_its_stream(
         assert plotted["x"] == xs == list(range(1, TOTAL + 1))
         assert plotted["y"] == pytest.approx(ys)
 
+    assert page.get_by_test_id("telemetry").is_hidden()  # STE learns nothing: no telemetry cards
     job = client.job(job_id)
     assert page.get_by_test_id("ray-dashboard-link").get_attribute("href") == job["ray_dashboard_url"]
     page.get_by_test_id("summary-file-bytes").wait_for()
@@ -201,6 +202,27 @@ def test_the_job_page_plots_one_point_per_finished_epoch_and_resumes_its_stream(
     assert download.value.suggested_filename.endswith(".packed.safetensors")
     assert Path(download.value.path()).stat().st_size == packed["packed_bytes"]
     screenshot(page, "job")
+
+
+def test_a_learned_estimators_telemetry_is_plotted(page: Any, service: Service) -> None:
+    client = service.client()
+    fsg = {"name": "fsg", "kernel": "torch", "stats_every": 1}
+    spec = job_spec(name="ui-fsg", estimator=fsg, epochs=2, max_steps_per_epoch=6, batch_size=64)
+    job_id = client.submit(spec | {"resources": {"num_workers": 1}})["id"]
+    assert client.wait(job_id, poll_s=1, timeout_s=TIMEOUT_MS / 1000)["state"] == "succeeded"
+    sign_in(page, service)
+    page.goto(f"{service.url}/ui/#/jobs/{job_id}")
+    page.locator('[data-testid="job-state"][data-state="succeeded"]').wait_for()
+    page.get_by_test_id("telemetry").wait_for()
+    rows = [r for r in client.metrics(job_id) if r["phase"] == "binary"]
+    assert all(r["slow_term_rms"] > 0 and -1 <= r["update_ste_cos"] <= 1 for r in rows)
+    for element_id, metrics in (
+        ("chart-terms", ("slow_term_rms", "fast_term_rms")),
+        ("chart-cos", ("update_ste_cos",)),
+    ):
+        traces = {t["meta"]["metric"]: t for t in chart(page, element_id)}
+        for metric in metrics:
+            assert traces[metric]["y"] == pytest.approx([r[metric] for r in rows])
 
 
 def test_compare_overlays_the_selected_jobs(page: Any, service: Service, trained: list[str]) -> None:

@@ -16,7 +16,8 @@ FIGURES = (
     "best_val_acc",
     "best_val_epoch",
     "test_acc_at_best_val",
-    "last10_test_acc",
+    "last_k_test_acc",
+    "last_k",
     "final_train_loss",
     "mean_step_time_s",
 )
@@ -80,8 +81,8 @@ def test_figures_are_summarize_history_of_the_stored_rows_and_curves_the_rows_in
         assert got["curves"] == curves_of(rows)
         assert got["epochs_done"] == len(rows)
         assert got["packed_bytes"] is None
-    # The last 10 of 14 binarized epochs, not all of them, and not the pre-training ones.
-    assert got_a["last10_test_acc"] == sum(r["test_acc"] for r in rows_a[-10:]) / 10
+    # The last 4 of 14 binarized epochs (k <= a third of them), not all of them, nor the pre-training ones.
+    assert got_a["last_k"] == 4 and got_a["last_k_test_acc"] == sum(r["test_acc"] for r in rows_a[-4:]) / 4
     assert got_a["best_val_epoch"] == 8 and got_a["curves"]["phase"][:3] == ["pretrain", "pretrain", "binary"]
     assert (got_a["name"], got_a["state"], got_a["estimator"], got_a["arch"], got_a["optimizer"]) == (
         "ste-run",
