@@ -132,6 +132,10 @@ class Client:
     def trials(self, job_id: str) -> Any:
         return self._json("GET", f"/v1/jobs/{job_id}/trials")
 
+    def study(self, job_id: str) -> Any:
+        """A study's table so far (``GET /v1/jobs/{id}/study``)."""
+        return self._json("GET", f"/v1/jobs/{job_id}/study")
+
     def checkpoints(self, job_id: str) -> Any:
         return self._json("GET", f"/v1/jobs/{job_id}/checkpoints")
 

@@ -23,6 +23,8 @@ from fsg_core.checkpoint_dir import CheckpointDir
 from service.db import reads, records
 from service.db.comparison import summarize_rows
 from service.db.engine import Database
+from service.db.models import Job
+from service.db.study import study_report
 from service.storage import Storage
 
 __all__ = ["AttemptContext", "AttemptStore", "JobLog", "close_databases", "database_for", "format_epoch"]
@@ -206,6 +208,31 @@ class AttemptStore:
     def metric_rows(self, trial_key: str | None = "") -> list[dict[str, Any]]:
         """The recorded epochs as ``{"phase", "epoch", **values}`` (``trial_key`` None: every trial's)."""
         return self._read(lambda session: _rows(session, self.job_id, trial_key))
+
+    def trial_state(self, trial_key: str) -> str | None:
+        """A trial's recorded state (a retried study skips the trials an earlier attempt finished)."""
+        return self._read(lambda session: reads.trial_state(session, self.job_id, trial_key))
+
+    def latest_checkpoint(self, trial_key: str = "") -> str | None:
+        """The latest recorded training checkpoint of the job or of one trial, when its file still exists."""
+        path = self._read(lambda session: reads.latest_checkpoint_file(session, self.job_id, trial_key))
+        return path if path is not None and Path(path).exists() else None
+
+    def study_results(self, study: Any) -> dict[str, Any]:
+        """The study's summary: each variant's mean best val accuracy and the trials done (the full table
+        is ``GET /v1/jobs/{id}/study``)."""
+
+        def read(session: Session) -> dict[str, Any]:
+            job = session.get(Job, self.job_id)
+            assert job is not None
+            return study_report(session, job)
+
+        report = self._read(read)
+        out: dict[str, Any] = {"baseline": report["baseline"], "seeds": report["seeds"]}
+        for row in report["variants"]:
+            out[f"{row['name']}.best_val_acc"] = row["figures"]["best_val_acc"]["mean"]
+        out["trials"] = sum(row["trials_done"] for row in report["variants"])
+        return out
 
     def results(self, trial_key: str | None = "") -> dict[str, Any]:
         """Best and last-k figures of the recorded epochs, plus the size of the latest packed model:

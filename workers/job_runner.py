@@ -35,6 +35,10 @@ def run_job(ctx: AttemptContext) -> dict[str, Any]:
             from workers.tune_driver import run_search
 
             summary = run_search(ctx, spec, store)
+        elif spec.kind == "study":
+            from workers.study_driver import run_study
+
+            summary = run_study(ctx, spec, store)
         elif spec.resources.executor == "ray_task":
             from workers.task_driver import run_task
 

@@ -14,6 +14,7 @@ from service.api.routes import (
     jobs,
     logs,
     metrics,
+    study,
     summary,
     trials,
     ui,
@@ -29,6 +30,7 @@ v1.include_router(metrics.router)
 v1.include_router(events.router)
 v1.include_router(logs.router)
 v1.include_router(trials.router)
+v1.include_router(study.router)
 v1.include_router(checkpoints.router)
 v1.include_router(summary.router)
 v1.include_router(estimators.router)

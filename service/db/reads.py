@@ -30,6 +30,7 @@ __all__ = [
     "live_clusters",
     "oldest_queued_at",
     "state_events",
+    "trial_state",
     "watched_states",
 ]
 
@@ -111,6 +112,11 @@ def list_metrics(session: Session, job_id: str, trial_key: str | None = None) ->
         query = query.where(Metric.trial_key == trial_key)
     pretrain_first = case((Metric.phase == "pretrain", 0), else_=1)
     return list(session.scalars(query.order_by(Metric.trial_key, pretrain_first, Metric.phase, Metric.epoch)))
+
+
+def trial_state(session: Session, job_id: str, trial_key: str) -> str | None:
+    """A trial's recorded state, None when it was never recorded."""
+    return session.scalar(select(Trial.state).where(Trial.job_id == job_id, Trial.trial_key == trial_key))
 
 
 def list_trials(session: Session, job_id: str) -> list[Trial]:
@@ -201,11 +207,11 @@ def job_state(session: Session, job_id: str) -> str | None:
     return session.scalar(select(Job.state).where(Job.id == job_id))
 
 
-def latest_checkpoint_file(session: Session, job_id: str) -> str | None:
-    """The resumable state of the job's latest checkpoint (not a search trial's), as recorded."""
+def latest_checkpoint_file(session: Session, job_id: str, trial_key: str = "") -> str | None:
+    """The resumable state of the job's (or one trial's) latest checkpoint, as recorded."""
     return session.scalar(
         select(Checkpoint.full_path)
-        .where(Checkpoint.job_id == job_id, Checkpoint.trial_key == "", Checkpoint.full_path.is_not(None))
+        .where(Checkpoint.job_id == job_id, Checkpoint.trial_key == trial_key, Checkpoint.full_path.is_not(None))
         .order_by(Checkpoint.id.desc())
         .limit(1)
     )

@@ -27,8 +27,13 @@ __all__ = [
     "ResourcesSpec",
     "SearchDimension",
     "SearchSpec",
+    "StudySpec",
+    "StudyVariant",
     "Uniform",
+    "pretraining_spec",
     "set_path",
+    "study_trial_spec",
+    "variant_spec",
 ]
 
 
@@ -138,6 +143,54 @@ class SearchSpec(_Spec):
     reduction_factor: float = Field(2.0, gt=1, le=100, description="asha: halving rate")
 
 
+VARIANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+# What a study's seeds share: the data, the model and its full-precision pre-training. A variant that
+# changed these would not be compared on the same footing (nor could it share the pre-training).
+SHARED_SECTIONS = ("model", "data", "init", "seed", "name", "kind")
+
+
+class StudyVariant(_Spec):
+    """One arm of a study: an estimator section and/or dotted overrides of the base spec."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=VARIANT_PATTERN)
+    estimator: dict[str, Any] | None = Field(None, description="the estimator section of this variant (name, params)")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="dotted paths into the training spec (e.g. 'estimator.alpha', 'optimizer.name') and their values",
+    )
+
+    @field_validator("overrides")
+    @classmethod
+    def _training_only(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        for path in overrides:
+            if path.split(".")[0] in SHARED_SECTIONS:
+                raise ValueError(f"{path!r}: a study's variants share {', '.join(SHARED_SECTIONS)}; vary training only")
+        return overrides
+
+
+class StudySpec(_Spec):
+    """Variants x seeds on Ray Tune; per seed one full-precision pre-training shared by its variants."""
+
+    variants: list[StudyVariant] = Field(min_length=2, max_length=32)
+    seeds: int = Field(5, ge=2, le=64, description="seeds 0..seeds-1: each its own split and pre-training")
+    baseline: str | None = Field(None, description="the variant the others are compared with (default: the first)")
+    max_concurrent_trials: int = Field(2, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _names(self) -> StudySpec:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError("variant names must be unique")
+        if self.baseline is not None and self.baseline not in names:
+            raise ValueError(f"baseline {self.baseline!r} is not a variant ({', '.join(names)})")
+        return self
+
+    @property
+    def baseline_name(self) -> str:
+        return self.baseline or self.variants[0].name
+
+
 def set_path(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     """A copy of nested ``data`` with ``path`` (dotted) set to ``value``."""
     head, _, rest = path.partition(".")
@@ -165,9 +218,10 @@ class JobSpec(TrainSpec):
     """A training run or a hyperparameter search, as submitted to ``POST /v1/jobs``."""
 
     name: str = Field("job", min_length=1, max_length=128, pattern=NAME_PATTERN)
-    kind: Literal["train", "search"] = "train"
+    kind: Literal["train", "search", "study"] = "train"
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     search: SearchSpec | None = None
+    study: StudySpec | None = None
     priority: int = Field(0, ge=-1000, le=1000, description="higher runs first; ties by age")
     max_retries: int = Field(1, ge=0, le=100, description="attempts after the first, each resuming from its checkpoint")
     timeout_s: float | None = Field(None, gt=0, le=30 * 86400, description="wall-clock limit of one attempt")
@@ -176,10 +230,20 @@ class JobSpec(TrainSpec):
     def _search_matches_kind(self) -> JobSpec:
         if self.kind == "search" and self.search is None:
             raise ValueError("kind='search' needs a 'search' section")
-        if self.kind == "train" and self.search is not None:
+        if self.kind != "search" and self.search is not None:
             raise ValueError("'search' is only allowed with kind='search'")
-        if self.kind == "search" and self.resources.executor != "ray_train":
-            raise ValueError("a search runs its trials on Ray Train: resources.executor must be 'ray_train'")
+        if self.kind == "study" and self.study is None:
+            raise ValueError("kind='study' needs a 'study' section")
+        if self.kind != "study" and self.study is not None:
+            raise ValueError("'study' is only allowed with kind='study'")
+        if self.kind in ("search", "study") and self.resources.executor != "ray_train":
+            raise ValueError(f"a {self.kind} runs its trials on Ray Train: resources.executor must be 'ray_train'")
+        if self.study is not None:
+            for variant in self.study.variants:
+                try:
+                    variant_spec(self.train_spec().model_dump(mode="json"), variant)
+                except ValueError as exc:
+                    raise ValueError(f"study variant {variant.name!r} is not valid: {exc}") from None
         if self.search is not None:
             base = self.train_spec().model_dump(mode="json")
             for path, dim in self.search.space.items():
@@ -230,3 +294,42 @@ class DryRunRead(BaseModel):
     spec: dict[str, Any] = Field(description="the resolved spec (defaults filled in, paths resolved)")
     cpus: float = Field(description="CPUs the job needs from Ray at once")
     gpus: float = Field(description="GPUs the job needs from Ray at once")
+
+
+def variant_spec(base: dict[str, Any], variant: StudyVariant) -> TrainSpec:
+    """The training spec of ``variant``: the base with its estimator section and overrides applied."""
+    spec = dict(base)
+    if variant.estimator is not None:
+        spec["estimator"] = variant.estimator
+    for path, value in variant.overrides.items():
+        spec = set_path(spec, path, value)
+    return TrainSpec.model_validate(spec)
+
+
+def pretraining_spec(base: TrainSpec, seed: int) -> TrainSpec | None:
+    """The full-precision pre-training a study's variants of ``seed`` share: the base's data, model and
+    ``init`` pre-training recipe, with ``seed``'s own split (so none of its validation images is trained
+    on). None when the base pre-trains nothing."""
+    if base.init.pretrain_epochs == 0:
+        return None
+    spec = base.model_dump(mode="json")
+    spec.update(
+        binarize={**spec["binarize"], "weights": False, "activations": False},
+        estimator={"name": "ste"},
+        optimizer=spec["init"]["pretrain_optimizer"],
+        schedule=spec["init"]["pretrain_schedule"],
+        epochs=base.init.pretrain_epochs,
+        seed=seed,
+        init={**spec["init"], "pretrain_epochs": 0},
+    )
+    return TrainSpec.model_validate(spec)
+
+
+def study_trial_spec(base: TrainSpec, variant: StudyVariant, seed: int, pretrained: str | None) -> TrainSpec:
+    """One trial of a study: ``variant`` with ``seed``, starting from its seed's pre-training (a checkpoint
+    path) when there is one."""
+    spec = variant_spec(base.model_dump(mode="json"), variant).model_dump(mode="json")
+    spec["seed"] = seed
+    if pretrained is not None:
+        spec["init"] = {**spec["init"], "pretrain_epochs": 0, "checkpoint": pretrained}
+    return TrainSpec.model_validate(spec)
