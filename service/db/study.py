@@ -54,8 +54,10 @@ def paired(values: list[Any], baseline: list[Any], confidence: float = CONFIDENC
     """``values - baseline`` pair by pair (pairs with a missing side are dropped): the interval of the mean
     difference, the two-sided paired t-test p-value (None when every difference is equal), and the
     two-sided sign test over the non-zero differences (wins: positive differences)."""
+    # Rounded: accuracies are multiples of 1/n_val, so equal differences are common, and float noise
+    # (1e-17) must not turn them into a "significant" t statistic.
     diffs = [
-        float(a) - float(b)
+        round(float(a) - float(b), 12)
         for a, b in zip(values, baseline, strict=True)
         if _finite([a]) and _finite([b])  # both present and finite
     ]

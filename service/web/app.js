@@ -1,4 +1,5 @@
-// The dashboard's entry point: hash routes (#/signin, #/jobs, #/jobs/<id>, #/compare?job=..&job=..),
+// The dashboard's entry point: hash routes (#/signin, #/jobs, #/jobs/<id>, #/compare?job=..&job=..,
+// #/studies/<id>),
 // the top bar, and the sign-out that a 401 from any call triggers.
 
 import { clearToken, getToken } from "./api.js";
@@ -7,12 +8,14 @@ import { compareView } from "./views/compare.js";
 import { jobView } from "./views/job.js";
 import { jobsView } from "./views/jobs.js";
 import { signinView } from "./views/signin.js";
+import { studyView } from "./views/study.js";
 
 const ROUTES = [
   { pattern: /^\/signin$/, view: signinView, nav: null, open: true },
   { pattern: /^\/jobs$/, view: jobsView, nav: "jobs" },
   { pattern: /^\/jobs\/([^/]+)$/, view: jobView, nav: "jobs" },
   { pattern: /^\/compare$/, view: compareView, nav: "compare" },
+  { pattern: /^\/studies\/([^/]+)$/, view: studyView, nav: "jobs" },
 ];
 
 let current = null; // the AbortController of the page on screen: aborting it stops its polls and streams

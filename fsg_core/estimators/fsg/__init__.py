@@ -74,6 +74,12 @@ class FSG(LookaheadEstimator):
             4, ge=1, le=10_000, description="steps between samples of the epoch statistics (fast_rms, slow_rms, ...)"
         )
         normalize: bool = Field(True, description="feed the slow net per-layer RMS-normalised gradients")
+        slow: bool = Field(
+            True,
+            description="false: the slow gradient is zero, alpha unchanged (the ablation of the slow net; "
+            "the look-ahead is W - lr (1 - a) c f)",
+        )
+        lre: bool = Field(True, description="false: every layer's token is a fixed zero (no layer recognition)")
         chunk_size: int = Field(4096, ge=64, le=2**26, description="coordinates per slow-net chunk")
         compile: bool = Field(True, description="fuse the slow net with torch.compile (eager if it fails)")
         checkpoint: bool = Field(True, description="recompute slow-net chunks in backward (memory O(chunk), not O(N))")
@@ -106,6 +112,9 @@ class FSG(LookaheadEstimator):
         p = self.params
         self.fast = CoordinateMLP(p.fast_hidden, p.fast_activation).to(device)
         self.lre = LayerEmbeddings(len(self.sizes)).to(device)
+        if not p.lre:  # the ablation: one fixed, uninformative token for every layer
+            torch.nn.init.zeros_(self.lre.table.weight)
+            self.lre.requires_grad_(False)
         self.slow = SlowNet(
             self.sizes,
             kind=p.slow_net,
@@ -123,10 +132,10 @@ class FSG(LookaheadEstimator):
         self.history = GradientHistory(p.history, sum(self.sizes), device)
         self.prev_tilde: Tensor | None = None
         self._slow_cache: Tensor | None = None
-        self.meta_optimizers = [
-            torch.optim.Adam(self.fast.parameters(), lr=p.meta_lr_fast),
-            torch.optim.Adam([*self.slow.parameters(), *self.lre.parameters()], lr=p.meta_lr_slow),
-        ]
+        self.meta_optimizers = [torch.optim.Adam(self.fast.parameters(), lr=p.meta_lr_fast)]
+        slow_params = [q for q in [*self.slow.parameters(), *self.lre.parameters()] if q.requires_grad]
+        if p.slow and slow_params:
+            self.meta_optimizers.append(torch.optim.Adam(slow_params, lr=p.meta_lr_slow))
 
     def meta_modules(self) -> list[nn.Module]:
         return [self.fast, self.slow, self.lre]
@@ -143,7 +152,9 @@ class FSG(LookaheadEstimator):
         assert self.prev_tilde is not None
         g = self.history.latest()
         f = g * self.fast(self.prev_tilde)
-        if self.steps % p.slow_every == 0 or self._slow_cache is None:
+        if not p.slow:
+            s = torch.zeros_like(f)  # the ablation: no slow gradient, and the slow net never runs
+        elif self.steps % p.slow_every == 0 or self._slow_cache is None:
             s = self.slow_gradient()
             self._slow_cache = s.detach()
         else:

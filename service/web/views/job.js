@@ -85,6 +85,11 @@ export function jobView(root, { params: [jobId], signal }) {
     { class: "btn", disabled: true, dataset: { testid: "download-full" }, onclick: () => fetchFile("full") },
     "↓ Full checkpoint",
   );
+  const studyLink = h(
+    "a",
+    { class: "btn btn-primary", href: `#/studies/${id}`, hidden: true, dataset: { testid: "study-link" } },
+    "Study table",
+  );
   const ray = h(
     "a",
     {
@@ -164,7 +169,7 @@ export function jobView(root, { params: [jobId], signal }) {
       "div",
       { class: "page-head" },
       h("div", {}, h("h1", { class: "job-title" }, title, state, live), subtitle),
-      h("div", { class: "page-actions" }, confirm, cancel, packed, full, ray),
+      h("div", { class: "page-actions" }, confirm, cancel, studyLink, packed, full, ray),
     ),
     error.el,
     note.el,
@@ -206,6 +211,7 @@ export function jobView(root, { params: [jobId], signal }) {
       ` · ${job.kind} · created ${ago(job.created_at)}`,
       job.attempts > 1 ? ` · attempt ${job.attempts}` : "",
     );
+    studyLink.hidden = job.kind !== "study";
     const finished = TERMINAL.has(job.state);
     if (finished && note.el.dataset.about === "cancel") note.show(`Job ${job.state}.`);
     cancel.hidden = finished || job.state === "cancelling";

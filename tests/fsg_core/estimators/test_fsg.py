@@ -420,3 +420,28 @@ def test_state_from_a_cpu_checkpoint_lands_on_the_models_device() -> None:
     est_b.load_state_dict(state)
     carried = [est_b.history.buffer, est_b.prev_tilde, est_b._slow_cache]
     assert all(t is not None and t.device.type == "meta" for t in carried)
+
+
+# --- ablation switches ----------------------------------------------------------------------------
+
+
+def test_without_the_slow_net_the_look_ahead_is_the_fast_term_alone_and_the_slow_net_never_moves() -> None:
+    est, model, opt = _build(update="mix", slow=False, alpha=0.9)
+    slow_before = [q.detach().clone() for q in est.slow.parameters()]
+    _step(est, model, opt, 0)
+    _step(est, model, opt, 1)
+    expected = _Expected(est, model)
+    _step(est, model, opt, 2)
+    # update=mix writes the whole direction into W.grad: (1 - a) c f, the slow term being zero
+    torch.testing.assert_close(_weight_grads(model), 0.1 * expected.c * expected.f, rtol=1e-5, atol=1e-12)
+    assert all(torch.equal(a, b) for a, b in zip(slow_before, est.slow.parameters(), strict=True))
+    assert len(est.meta_optimizers) == 1  # the fast net's only
+
+
+def test_without_lre_every_layer_token_stays_zero_while_the_slow_net_learns() -> None:
+    est, model, opt = _build(lre=False)
+    slow_before = [q.detach().clone() for q in est.slow.parameters()]
+    for step in range(4):
+        _step(est, model, opt, step)
+    assert torch.count_nonzero(est.lre()) == 0 and not est.lre.table.weight.requires_grad
+    assert any(not torch.equal(a, b) for a, b in zip(slow_before, est.slow.parameters(), strict=True))

@@ -43,8 +43,10 @@ def test_paired_drops_incomplete_pairs_and_ties_carry_no_sign() -> None:
     got = paired([0.9, 0.8, None, 0.7], [0.9, 0.7, 0.6, 0.6])
     assert got["n"] == 3 and (got["wins"], got["losses"], got["ties"]) == (2, 0, 1)
     assert got["sign_p"] == pytest.approx(sps.binomtest(2, 2, 0.5).pvalue)
-    same = paired([0.5, 0.6], [0.4, 0.5])  # every difference equal: no t-test
-    assert same["t_p"] is None and same["mean"] == pytest.approx(0.1)
+    same = paired([0.5, 0.6], [0.4, 0.5])  # every difference equal (up to float noise): no t-test
+    assert same["t_p"] is None and same["sd"] == 0 and same["mean"] == pytest.approx(0.1)
+    accuracies = paired([130 / 144, 127 / 144], [132 / 144, 129 / 144])
+    assert accuracies["t_p"] is None and accuracies["losses"] == 2
 
 
 def test_the_table_pairs_each_variant_with_the_baseline_seed_by_seed() -> None:

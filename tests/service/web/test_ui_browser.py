@@ -225,6 +225,35 @@ def test_a_learned_estimators_telemetry_is_plotted(page: Any, service: Service) 
             assert traces[metric]["y"] == pytest.approx([r[metric] for r in rows])
 
 
+@pytest.mark.timeout(600)
+def test_a_study_has_its_page_with_bands_and_the_table(page: Any, service: Service) -> None:
+    client = service.client()
+    variants = [{"name": "ste", "estimator": {"name": "ste"}}, {"name": "approx", "estimator": {"name": "approx_sign"}}]
+    spec = job_spec(name="ui-study", epochs=2, max_steps_per_epoch=3, batch_size=64) | {
+        "kind": "study",
+        "resources": {"num_workers": 1},
+        "study": {"variants": variants, "seeds": 2, "max_concurrent_trials": 2},
+    }
+    job_id = client.submit(spec)["id"]
+    # 2 pre-trainings and 4 trials, each a Ray Train run of its own: a few minutes on 2 CPUs
+    assert client.wait(job_id, poll_s=1, timeout_s=480)["state"] == "succeeded"
+    sign_in(page, service)
+    page.goto(f"{service.url}/ui/#/jobs/{job_id}")
+    page.get_by_test_id("study-link").click()
+    page.locator('[data-testid="study-row"][data-variant="approx"]').wait_for()
+    study = client.study(job_id)
+    rows = {r.get_attribute("data-variant"): r.inner_text() for r in page.get_by_test_id("study-row").all()}
+    assert set(rows) == {"ste", "approx"} and "2/2" in rows["approx"] and "baseline" in rows["ste"]
+    mean = study["variants"][1]["figures"]["best_val_acc"]["mean"]
+    assert f"{100 * mean:.2f}%" in rows["approx"]
+    metrics = [r for r in client.metrics(job_id) if r["trial"].startswith("approx/") and r["phase"] == "binary"]
+    (line,) = [t for t in chart(page, "chart-study-val") if t["meta"].get("variant") == "approx"]
+    for epoch, y in zip(line["x"], line["y"], strict=True):
+        values = [r["val_acc"] for r in metrics if r["epoch"] == epoch]
+        assert len(values) == 2 and y == pytest.approx(sum(values) / 2)
+    screenshot(page, "study")
+
+
 def test_compare_overlays_the_selected_jobs(page: Any, service: Service, trained: list[str]) -> None:
     client = service.client()
     for job_id in trained:
