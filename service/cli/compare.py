@@ -186,6 +186,20 @@ def _trials_section(trials: list[dict[str, Any]]) -> str:
     return "<h2>Trials</h2>" + _table(["trial", "state", "metric", "epochs", "", "config"], rows, {2, 3})
 
 
+def _study_section(study: dict[str, Any]) -> str:
+    from service.cli.study import study_rows, study_title
+
+    headers, rows = study_rows(study)
+    parts = ["<h2>Study</h2>", f"<p>{html.escape(study_title(study))}</p>"]
+    parts.append(_table(headers, rows, set(range(1, len(headers)))))
+    trials = [
+        [str(t["key"]), str(t["state"]), _number((t.get("figures") or {}).get("best_val_acc"), ".4f")]
+        for t in study["trials"]
+    ]
+    parts.append(_table(["trial", "state", "best val acc"], trials, {2}))
+    return "\n".join(parts)
+
+
 def _model_section(summary: dict[str, Any] | None, note: str | None) -> str:
     if summary is None:
         return f"<h2>Model</h2><p>{html.escape(note or 'no packed model yet')}</p>"
@@ -207,6 +221,7 @@ def render_report(
     trials: list[dict[str, Any]] | None = None,
     summary: dict[str, Any] | None = None,
     summary_note: str | None = None,
+    study: dict[str, Any] | None = None,
 ) -> str:
     """One job as a self-contained HTML page (inline CSS and SVG, no external resource).
 
@@ -216,6 +231,7 @@ def render_report(
         trials: ``GET /v1/jobs/{id}/trials`` for a search (None: not a search).
         summary: ``GET /v1/jobs/{id}/summary`` when the job has a packed model.
         summary_note: why there is no summary (shown instead of it).
+        study: ``GET /v1/jobs/{id}/study`` for a study (its table and trials).
     """
     e = html.escape
     facts = [
@@ -249,6 +265,8 @@ def render_report(
     parts.append(_table(None, details, {1}))
     if trials is not None:
         parts.append(_trials_section(trials))
+    if study is not None:
+        parts.append(_study_section(study))
 
     parts.append("<h2>Curves</h2>")
     if compared["curves"]["phase"]:
@@ -306,6 +324,7 @@ def report(
             job = client.job(job_id)
             compared = client.compare([job_id])["jobs"][0]
             trials = client.trials(job_id) if job["kind"] == "search" else None
+            study = client.study(job_id) if job["kind"] == "study" else None
         except ApiError as exc:
             _fail(exc)
         summary, note = None, None
@@ -314,7 +333,8 @@ def report(
         except ApiError as exc:  # no packed model yet (404), or one the server cannot read
             note = "no packed model yet" if exc.status == 404 else f"model summary unavailable: {exc}"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(render_report(job, compared, trials=trials, summary=summary, summary_note=note), encoding="utf-8")
+    page = render_report(job, compared, trials=trials, summary=summary, summary_note=note, study=study)
+    dest.write_text(page, encoding="utf-8")
     console.print(f"wrote {dest}")
 
 

@@ -36,29 +36,42 @@ def _p(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
-def study_table(study: dict[str, Any]) -> Table:
-    """The study as a rich table: per variant each figure's mean [95% interval], and against the baseline
-    the mean difference of best val accuracy [interval], paired t-test and sign-test p, wins/losses."""
-    table = Table(
-        title=f"{study['seeds']} seeds; means [{study['confidence']:.0%} t interval]; baseline {study['baseline']}"
-    )
-    table.add_column("variant")
-    table.add_column("seeds", justify="right")
-    for _, header, _ in COLUMNS:
-        table.add_column(header, justify="right")
-    for header in ("Δ best val vs baseline", "t-test p", "sign p", "W/L"):
-        table.add_column(header, justify="right")
+def study_rows(study: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The study's table as text: per variant each figure's mean [95% interval], and against the
+    baseline the mean difference of best val accuracy [interval], paired t-test and sign-test p, wins/losses.
+    Shared by the terminal table and ``fsg report``."""
+    headers = ["variant", "seeds", *(header for _, header, _ in COLUMNS), "Δ best val vs baseline", "t-test p"]
+    headers += ["sign p", "W/L"]
+    rows = []
     for row in study["variants"]:
         vs = (row.get("vs_baseline") or {}).get("best_val_acc")
-        table.add_row(
-            row["name"],
-            str(row["trials_done"]),
-            *(_interval(row["figures"].get(key), fmt) for key, _, fmt in COLUMNS),
-            _interval(vs, "+.4f") if vs else "(baseline)",
-            _p(vs.get("t_p")) if vs else "",
-            _p(vs.get("sign_p")) if vs else "",
-            f"{vs['wins']}/{vs['losses']}" if vs else "",
+        rows.append(
+            [
+                row["name"],
+                str(row["trials_done"]),
+                *(_interval(row["figures"].get(key), fmt) for key, _, fmt in COLUMNS),
+                _interval(vs, "+.4f") if vs else "(baseline)",
+                _p(vs.get("t_p")) if vs else "",
+                _p(vs.get("sign_p")) if vs else "",
+                f"{vs['wins']}/{vs['losses']}" if vs else "",
+            ]
         )
+    return headers, rows
+
+
+def study_title(study: dict[str, Any]) -> str:
+    level = f"{study['confidence']:.0%}"
+    return f"{study['seeds']} seeds; means [{level} t interval]; baseline {study['baseline']}"
+
+
+def study_table(study: dict[str, Any]) -> Table:
+    """The study as a rich table (``study_rows``)."""
+    headers, rows = study_rows(study)
+    table = Table(title=study_title(study))
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 

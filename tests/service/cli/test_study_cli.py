@@ -26,7 +26,9 @@ def test_fsg_study_submits_a_spec_as_a_study(api: Client, client: Any, tiny_spec
     assert job["kind"] == "study" and job["spec"]["study"]["seeds"] == 2
 
 
-def test_fsg_study_prints_the_table_of_a_study(api: Client, submit: Any, worker: Any) -> None:
+def test_fsg_study_and_fsg_report_print_the_table_of_a_study(
+    api: Client, submit: Any, worker: Any, tmp_path: Path
+) -> None:
     job = submit(kind="study", study={"variants": VARIANTS, "seeds": 3})
     worker.start(job["id"])
     best = {"ste": [0.90, 0.92, 0.91], "ede": [0.95, 0.93, 0.96]}
@@ -40,5 +42,13 @@ def test_fsg_study_prints_the_table_of_a_study(api: Client, submit: Any, worker:
     assert result.exit_code == 0, result.output
     (line,) = [line for line in result.output.splitlines() if "│ ede" in line]
     assert "0.9467" in line and "+0.0367" in line and "3/0" in line
-    assert f"{sps.ttest_rel(best['ede'], best['ste']).pvalue:.3g}" in line
+    p_value = f"{sps.ttest_rel(best['ede'], best['ste']).pvalue:.3g}"
+    assert p_value in line
     assert "baseline ste" in result.output
+
+    page = tmp_path / "report.html"
+    report = runner.invoke(cli, ["report", job["id"], "--out", str(page)])
+    assert report.exit_code == 0, report.output
+    text = page.read_text()
+    assert "<h2>Study</h2>" in text and "baseline ste" in text and p_value in text
+    assert text.count("<td>ede/seed") == 3 and "+0.0367" in text
