@@ -433,18 +433,29 @@ def last_k(epochs: int) -> int:
 def summarize_history(history: list[dict[str, Any]]) -> dict[str, Any]:
     """Best and last-k figures of the binarized phase (FSG_SPEC §1: report both), k = ``last_k``."""
     rows = [r for r in history if r.get("phase") == "binary"]
+    # BiPer's first stage trains continuous sin(w x) weights: not a BNN, so its epochs are reported apart
+    # and kept out of the binary figures (``biper_stage`` is the stage at the end of the epoch).
+    continuous = [r for r in rows if r.get("biper_stage") == 1.0]
+    rows = [r for r in rows if r.get("biper_stage") != 1.0]
+    stage: dict[str, Any] = {}
+    if continuous:
+        stage["continuous_epochs"] = len(continuous)
+        vals = [r["val_acc"] for r in continuous if isinstance(r.get("val_acc"), float) and math.isfinite(r["val_acc"])]
+        if vals:
+            stage["continuous_best_val_acc"] = max(vals)
     if not rows:
-        return {}
+        return stage
 
     def finite(key: str) -> list[tuple[int, float]]:
         return [(i, r[key]) for i, r in enumerate(rows) if isinstance(r.get(key), float) and math.isfinite(r[key])]
 
-    out: dict[str, Any] = {"epochs": len(rows), "final_train_loss": rows[-1]["train_loss"]}
+    out: dict[str, Any] = {"epochs": len(rows), "final_train_loss": rows[-1]["train_loss"], **stage}
     val = finite("val_acc")
     test = finite("test_acc")
     if val:
         best_i, best_v = max(val, key=lambda t: t[1])
-        out.update(best_val_acc=best_v, best_val_epoch=best_i + 1, test_acc_at_best_val=rows[best_i].get("test_acc"))
+        epoch = rows[best_i].get("epoch", best_i + 1)  # the run's binarized epoch (BiPer: after its first stage)
+        out.update(best_val_acc=best_v, best_val_epoch=epoch, test_acc_at_best_val=rows[best_i].get("test_acc"))
     if test:
         out["best_test_acc"] = max(v for _, v in test)
         k = last_k(len(rows))

@@ -234,3 +234,19 @@ def test_packed_model_of_a_bf16_run_gives_the_trained_models_logits(tmp_path) ->
     x = result.components.splits.test.images[:16]
     with torch.no_grad():
         assert torch.equal(packed.model(x), result.model(x))
+
+
+def test_bipers_continuous_stage_is_reported_apart_from_the_binary_figures() -> None:
+    rows = [
+        {"phase": "binary", "val_acc": 0.99, "test_acc": 0.98, "train_loss": 0.1, "biper_stage": 1.0},
+        {"phase": "binary", "val_acc": 0.97, "test_acc": 0.96, "train_loss": 0.2, "biper_stage": 1.0},
+        {"phase": "binary", "val_acc": 0.60, "test_acc": 0.55, "train_loss": 0.9, "biper_stage": 2.0},
+        {"phase": "binary", "val_acc": 0.70, "test_acc": 0.65, "train_loss": 0.8, "biper_stage": 2.0},
+    ]
+    s = summarize_history(rows)
+    assert (s["epochs"], s["continuous_epochs"]) == (2, 2)
+    assert s["best_val_acc"] == pytest.approx(0.70) and s["best_val_epoch"] == 2  # rows without "epoch": counted
+    numbered = [dict(r, epoch=i + 1) for i, r in enumerate(rows)]
+    assert summarize_history(numbered)["best_val_epoch"] == 4  # the run's epoch, first stage included
+    assert s["continuous_best_val_acc"] == pytest.approx(0.99)
+    assert summarize_history(rows[:2]) == {"continuous_epochs": 2, "continuous_best_val_acc": pytest.approx(0.99)}

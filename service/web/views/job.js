@@ -19,7 +19,8 @@ const TERM_COLORS = { slow_term_rms: "#7c3aed", fast_term_rms: "#0891b2", update
 /** Best / last-k figures of binarized rows, as fsg_core.train.summarize_history computes them
  * (k: at most a third of the binarized epochs, at most 10, at least 1). */
 export function figuresOf(rows) {
-  const binary = ordered(rows).filter((r) => r.phase === "binary");
+  // BiPer's first (continuous) stage is not a BNN: kept out of the figures, as summarize_history does.
+  const binary = ordered(rows).filter((r) => r.phase === "binary" && r.biper_stage !== 1);
   const val = binary.filter((r) => typeof r.val_acc === "number");
   const test = binary.filter((r) => typeof r.test_acc === "number").map((r) => r.test_acc);
   const steps = binary.filter((r) => typeof r.step_time_s === "number").map((r) => r.step_time_s);
