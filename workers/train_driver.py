@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -30,6 +31,12 @@ def scaling_config(resources: ResourcesSpec) -> ScalingConfig:
     )
 
 
+# Ray Train v2 gives up on a worker group that has not started within 60 s. A job's runs never ask for
+# more than admission let it hold, but a previous run's workers can take a while to give their CPUs
+# back on a busy node: wait longer rather than fail the trial.
+WORKER_GROUP_START_TIMEOUT_S = "600"
+
+
 def build_trainer(
     ctx: AttemptContext,
     spec: JobSpec,
@@ -41,6 +48,7 @@ def build_trainer(
     extra_callbacks: list[Any] | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer for one run (a training job, or one trial of a search)."""
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_GROUP_START_TIMEOUT_S)
     callback = DatabaseCallback(ctx, store, trial_key=trial_key)
     return TorchTrainer(
         train_loop_per_worker,

@@ -120,8 +120,8 @@ def enqueue(
         state=JobState.queued,
         priority=spec.priority,
         spec=spec.model_dump(mode="json"),
-        cpus=spec.resources.cpus,
-        gpus=spec.resources.gpus,
+        cpus=spec.cpus,
+        gpus=spec.gpus,
         max_retries=spec.max_retries,
         timeout_s=spec.timeout_s,
         idempotency_key=idempotency_key,
@@ -380,8 +380,10 @@ def unfittable(need_cpus: float, need_gpus: float, clusters: list[tuple[float, f
     what = "largest Ray cluster of a live dispatcher" if len(clusters) > 1 else "Ray cluster of the live dispatcher"
     totals = f"the {what} has {cpus:g} CPUs and {gpus:g} GPUs"
     if all(need_gpus > g + scheduling.EPSILON for _, g in clusters):
-        return f"resources: the job needs {need_gpus:g} GPUs (num_workers with use_gpu); {totals}"
-    return f"resources: the job needs {need_cpus:g} CPUs (num_workers x cpus_per_worker); {totals}"
+        return f"resources: the job needs {need_gpus:g} GPUs (num_workers with use_gpu, per concurrent trial); {totals}"
+    return (
+        f"resources: the job needs {need_cpus:g} CPUs (num_workers x cpus_per_worker, per concurrent trial); {totals}"
+    )
 
 
 def renew_lease(session: Session, job_id: str, *, owner: str, lease_s: float) -> bool:

@@ -254,6 +254,29 @@ class JobSpec(TrainSpec):
                         raise ValueError(f"search.space[{path!r}] value {value!r} is not valid: {exc}") from None
         return self
 
+    def concurrent_runs(self) -> int:
+        """How many training runs the job holds resources for at once: one, or a search's or a study's
+        concurrent trials. Admission and the claim count all of them: a study's second trial waiting for
+        CPUs its own first trial holds would time out in Ray Train's worker-group start-up."""
+        if self.search is not None:
+            grid = math.prod(
+                len(d.values) for d in self.search.space.values() if isinstance(d, Choice) and d.type == "grid"
+            )
+            return min(self.search.max_concurrent_trials, self.search.num_samples * grid)
+        if self.study is not None:
+            return min(self.study.max_concurrent_trials, len(self.study.variants) * self.study.seeds)
+        return 1
+
+    @property
+    def cpus(self) -> float:
+        """CPUs the job needs from Ray at once (every concurrent run's workers)."""
+        return self.resources.cpus * self.concurrent_runs()
+
+    @property
+    def gpus(self) -> float:
+        """GPUs the job needs from Ray at once."""
+        return self.resources.gpus * self.concurrent_runs()
+
     def train_spec(self) -> TrainSpec:
         """The fsg_core part of the spec."""
         return TrainSpec.model_validate(self.model_dump(include=set(TrainSpec.model_fields)))

@@ -12,9 +12,11 @@ import pytest
 from fsg_core import models
 from fsg_core.spec import TrainSpec
 
-# service_*.json are job specs for the service (tests/service/schemas/test_job_examples.py checks them).
+# service_*.json and study_*.json are job specs for the service (tests/service/schemas/test_job_examples.py).
 EXAMPLES = sorted(
-    p for p in (Path(__file__).resolve().parents[2] / "examples").glob("*.json") if not p.name.startswith("service_")
+    p
+    for p in (Path(__file__).resolve().parents[2] / "examples").glob("*.json")
+    if not p.name.startswith(("service_", "study_"))
 )
 
 

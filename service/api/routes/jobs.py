@@ -126,9 +126,8 @@ def admit(spec: JobSpec, session: Session, tenant: str, settings: Settings) -> Q
     With no live dispatcher that published its cluster, the size is not judged here: the dispatchers
     refuse such a job once they know (``queue.fail_unfittable``).
     """
-    resources = spec.resources
     since = utcnow() - timedelta(seconds=3 * settings.heartbeat_s)
-    reason = queue.unfittable(resources.cpus, resources.gpus, reads.live_clusters(session, since=since))
+    reason = queue.unfittable(spec.cpus, spec.gpus, reads.live_clusters(session, since=since))
     if reason is not None:
         raise invalid(("body", "resources"), reason.removeprefix("resources: "))
     quota = tenants.get(session, tenant, tenants.default_quota(settings))
@@ -136,11 +135,11 @@ def admit(spec: JobSpec, session: Session, tenant: str, settings: Settings) -> Q
         raise invalid(
             ("body", "priority"), f"priority {spec.priority} is above this tenant's ceiling {quota.max_priority}"
         )
-    over = scheduling.over_quota(scheduling.Usage(), quota, resources.cpus, resources.gpus)
+    over = scheduling.over_quota(scheduling.Usage(), quota, spec.cpus, spec.gpus)
     if over is not None:
         raise invalid(
             ("body", "resources"),
-            f"the job needs {resources.cpus:g} CPUs and {resources.gpus:g} GPUs; this tenant's quota allows {over}",
+            f"the job needs {spec.cpus:g} CPUs and {spec.gpus:g} GPUs; this tenant's quota allows {over}",
         )
     return quota
 
@@ -194,9 +193,7 @@ async def submit_job(
     resolved, job, created = await anyio.to_thread.run_sync(write, limiter=request.app.state.db_limiter)
     if job is None:
         response.status_code = status.HTTP_200_OK
-        return DryRunRead(
-            spec=resolved.model_dump(mode="json"), cpus=resolved.resources.cpus, gpus=resolved.resources.gpus
-        )
+        return DryRunRead(spec=resolved.model_dump(mode="json"), cpus=resolved.cpus, gpus=resolved.gpus)
     # Serialised here, once: FastAPI would validate the model again against the response type.
     body = job_read(job, _dashboard(settings, storage)).model_dump_json()
     if created:

@@ -476,3 +476,20 @@ def test_a_full_queue_quota_is_429_with_retry_after(
     assert client.post("/v1/jobs", json=tiny_spec(), headers=other_auth).status_code == 201
     client.post(f"/v1/jobs/{first.json()['id']}/cancel", headers=auth)
     assert client.post("/v1/jobs", json=tiny_spec(), headers=auth).status_code == 201
+
+
+def test_a_study_or_search_needs_the_resources_of_all_its_concurrent_trials(
+    client: TestClient, auth: dict[str, str], tiny_spec: Any, database: Any
+) -> None:
+    variants = [{"name": "a", "estimator": {"name": "ste"}}, {"name": "b", "estimator": {"name": "ede"}}]
+    study = tiny_spec(kind="study", study={"variants": variants, "seeds": 2, "max_concurrent_trials": 3})
+    dry = client.post("/v1/jobs?dry_run=true", json=study, headers=auth)
+    assert dry.status_code == 200 and dry.json()["cpus"] == 3  # three trials of one CPU at once
+    grid = {"estimator.name": {"type": "grid", "values": ["ste", "ede"]}}
+    search = tiny_spec(kind="search", search={"space": grid, "num_samples": 1, "max_concurrent_trials": 4})
+    assert client.post("/v1/jobs?dry_run=true", json=search, headers=auth).json()["cpus"] == 2  # 2 trials in all
+    _publish_cluster(database, 2, 0)
+    refused = client.post("/v1/jobs", json=study, headers=auth)
+    assert refused.status_code == 422 and "needs 3 CPUs" in refused.text and "per concurrent trial" in refused.text
+    fits = client.post("/v1/jobs", json=study | {"study": {**study["study"], "max_concurrent_trials": 2}}, headers=auth)
+    assert fits.status_code == 201 and fits.json()["spec"]["study"]["max_concurrent_trials"] == 2
