@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 
 from bench.service import LocalService
-from service.cli.study import study_table
+from service.cli.study import study_rows, study_table, study_title
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SPECS = {"adam": EXAMPLES / "study_fsg_ablation.json", "sgd": EXAMPLES / "study_fsg_ablation_sgd.json"}
@@ -71,6 +71,67 @@ def run(specs: dict[str, dict[str, Any]], console: Console) -> dict[str, Any]:
         service.close()
 
 
+# The questions of the ablation, each a paired comparison (same seed, same split, same pre-training).
+PAIRS = [
+    ("fsg", "ste", "does FSG beat STE?"),
+    ("fsg", "metaquant_multifc", "does FSG beat MetaQuant (its fast net alone, with MetaQuant's update)?"),
+    ("fsg", "fsg_no_slow", "does the slow net matter (alpha unchanged, s = 0)?"),
+    ("fsg", "fsg_alpha0", "alpha 0.9 vs 0 (the fast term's weight changes too)"),
+    ("fsg", "fsg_mix", "update fast (research code) vs mix (paper text)"),
+    ("fsg", "fsg_no_lre", "do the layer tokens matter?"),
+    ("fsg", "fsg_no_norm", "does normalising the history matter?"),
+    ("fsg", "fsg_hist1", "history 5 vs 1"),
+    ("fsg", "fsg_hist10", "history 5 vs 10"),
+]
+PAIR_FIGURES = ("best_val_acc", "test_acc_at_best_val", "final_train_loss")
+
+
+def pairs(study: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each question of ``PAIRS``: the paired differences (a - b) of each figure over the seeds both finished."""
+    from service.db.study import paired
+
+    figures: dict[tuple[str, int], dict[str, Any]] = {}
+    for trial in study["trials"]:
+        config = trial.get("config") or {}
+        if trial["state"] == "succeeded" and "variant" in config:
+            figures[(config["variant"], int(config["seed"]))] = trial["figures"]
+    seeds = range(study["seeds"])
+    out = []
+    for a, b, question in PAIRS:
+        row: dict[str, Any] = {"a": a, "b": b, "question": question}
+        for figure in PAIR_FIGURES:
+            row[figure] = paired(
+                [figures.get((a, s), {}).get(figure) for s in seeds],
+                [figures.get((b, s), {}).get(figure) for s in seeds],
+            )
+        out.append(row)
+    return out
+
+
+def pairs_markdown(study: dict[str, Any]) -> str:
+    def cell(d: dict[str, Any]) -> str:
+        if d["mean"] is None:
+            return "-"
+        ci = "" if d["low"] is None else f" [{d['low']:+.4f}, {d['high']:+.4f}]"
+        tp = "-" if d["t_p"] is None else f"{d['t_p']:.3g}"
+        return f"{d['mean']:+.4f}{ci}, t p {tp}, {d['wins']}/{d['losses']}"
+
+    lines = ["| question | a - b | best val acc | test @ best val | final train loss |", "|---|---|---|---|---|"]
+    for row in pairs(study):
+        figures = " | ".join(cell(row[f]) for f in PAIR_FIGURES)
+        lines.append(f"| {row['question']} | {row['a']} - {row['b']} | {figures} |")
+    return "\n".join(lines)
+
+
+def markdown(study: dict[str, Any]) -> str:
+    """The study's table as GitHub markdown (the README's)."""
+    headers, rows = study_rows(study)
+    lines = [f"*{study_title(study)}*", "", "| " + " | ".join(headers) + " |"]
+    lines.append("|---|" + "---:|" * (len(headers) - 1))
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--optimizer", choices=["adam", "sgd", "both"], default="both")
@@ -78,7 +139,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="binarized epochs (default: the example's, 24)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 seeds, 3 epochs of 4 steps")
     parser.add_argument("--json", type=Path, default=None, help="write the studies here")
+    parser.add_argument("--report", type=Path, default=None, help="print the tables of an earlier --json file")
+    parser.add_argument("--markdown", action="store_true", help="with --report: GitHub markdown tables")
     args = parser.parse_args(argv)
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        for name, result in saved.items():
+            print(f"\n{name}: {result['job']['state']}")
+            print(markdown(result["study"]) + "\n\n" + pairs_markdown(result["study"]) if args.markdown else "")
+            if not args.markdown:
+                Console(width=220).print(study_table(result["study"]))
+        return
     optimizers = ["adam", "sgd"] if args.optimizer == "both" else [args.optimizer]
     specs = {o: study_spec(o, seeds=args.seeds, epochs=args.epochs, quick=args.quick) for o in optimizers}
     console = Console(stderr=True)
