@@ -253,4 +253,4 @@ class AttemptStore:
 
 
 def _rows(session: Session, job_id: str, trial_key: str | None) -> list[dict[str, Any]]:
-    return [{"phase": m.phase, "epoch": m.epoch, **m.values} for m in reads.list_metrics(session, job_id, trial_key)]
+    return reads.metric_rows(session, job_id, trial_key)

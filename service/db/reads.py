@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
@@ -24,6 +25,8 @@ __all__ = [
     "list_dispatchers",
     "list_jobs",
     "list_metrics",
+    "metric_row",
+    "metric_rows",
     "job_state",
     "latest_checkpoint_file",
     "list_trials",
@@ -103,6 +106,16 @@ def events_after(session: Session, job_id: str, after_id: int = 0, limit: int = 
     """The job's events with ``id > after_id``, oldest first."""
     query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id)
     return list(session.scalars(query.order_by(JobEvent.id).limit(limit)))
+
+
+def metric_row(metric: Metric) -> dict[str, Any]:
+    """One reported epoch as the plain row summaries read: ``{"phase", "epoch", **values}``."""
+    return {"phase": metric.phase, "epoch": metric.epoch, **metric.values}
+
+
+def metric_rows(session: Session, job_id: str, trial_key: str | None = None) -> list[dict[str, Any]]:
+    """``list_metrics`` as ``metric_row``s."""
+    return [metric_row(m) for m in list_metrics(session, job_id, trial_key)]
 
 
 def list_metrics(session: Session, job_id: str, trial_key: str | None = None) -> list[Metric]:

@@ -108,14 +108,12 @@ def study_report(session: Session, job: Job) -> dict[str, Any]:
     assert spec.study is not None
     figures_of: dict[tuple[str, int], dict[str, Any]] = {}
     trials = []
+    rows_of: dict[str, list[dict[str, Any]]] = {}
+    for metric in reads.list_metrics(session, job.id):  # one query for every trial: the study page polls this
+        rows_of.setdefault(metric.trial_key, []).append(reads.metric_row(metric))
     for trial in reads.list_trials(session, job.id):
         config = trial.config or {}
-        figures = summarize_rows(
-            [
-                {"phase": m.phase, "epoch": m.epoch, **m.values}
-                for m in reads.list_metrics(session, job.id, trial.trial_key)
-            ]
-        )
+        figures = summarize_rows(rows_of.get(trial.trial_key, []))
         trials.append({"key": trial.trial_key, "state": trial.state, "config": config, "figures": figures})
         if trial.state == "succeeded" and "variant" in config:
             figures_of[(str(config["variant"]), int(config["seed"]))] = figures
