@@ -191,19 +191,20 @@ class Dispatcher:
             JobLog(self._log_path(job_id)).write(f"lease expired (dispatcher gone): {state}")
         return [job_id for job_id, _ in settled]
 
-    def free_resources(self) -> tuple[float, float]:
-        """Ray's free resources, minus what our just-launched attempts will take but may not hold yet."""
+    def free_resources(self, total: tuple[float, float]) -> tuple[float, float]:
+        """Ray's free resources, minus what our just-launched attempts will take but may not hold yet
+        (``total``: the cluster's totals)."""
         cpus, gpus = self._runner.free()
-        total_cpus, total_gpus = self._runner.total()
+        total_cpus, total_gpus = total
         ours_cpus = sum(a.cpus for a in self.attempts.values())
         ours_gpus = sum(a.gpus for a in self.attempts.values())
         return min(cpus, total_cpus - ours_cpus), min(gpus, total_gpus - ours_gpus)
 
     def dispatch(self) -> None:
         defaults = tenants.default_quota(self.settings)
+        total_cpus, total_gpus = self._runner.total()  # one question to Ray's GCS per pass, not per claim
         while not self.stop_event.is_set():
-            cpus, gpus = self.free_resources()
-            total_cpus, total_gpus = self._runner.total()
+            cpus, gpus = self.free_resources((total_cpus, total_gpus))
             job = self.telemetry.claim(  # times the claim, counts a claimed job
                 queue.claim_next,
                 self.db,

@@ -299,16 +299,20 @@ def tenant_usage(session: Session, *, tenant: str | None = None) -> dict[str, sc
     return {name: scheduling.Usage(int(n), float(c), float(g)) for name, n, c, g in session.execute(stmt)}
 
 
+def _tenant_key(tenant: str) -> Any:
+    """The advisory-lock key of a tenant: the claim's try-lock and the submit's lock must agree on it."""
+    return func.hashtextextended(f"fsg.tenant:{tenant}", 0)
+
+
 def _try_tenant_lock(session: Session, tenant: str) -> bool:
     """PostgreSQL: a transaction-scoped advisory lock on the tenant's name, without waiting."""
-    key = func.hashtextextended(f"fsg.tenant:{tenant}", 0)
-    return bool(session.scalar(select(func.pg_try_advisory_xact_lock(key))))
+    return bool(session.scalar(select(func.pg_try_advisory_xact_lock(_tenant_key(tenant)))))
 
 
 def lock_tenant(session: Session, tenant: str) -> None:
     """PostgreSQL: wait for the tenant's advisory lock (the API's queued-quota check); SQLite needs none."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(f"fsg.tenant:{tenant}", 0))))
+        session.execute(select(func.pg_advisory_xact_lock(_tenant_key(tenant))))
 
 
 def _take(session: Session, job_id: str, *, owner: str, lease_until: datetime, now: datetime) -> Job | None:
