@@ -1,13 +1,15 @@
 """The FSG ablation, run through the service as study jobs: what each part of FSG is worth.
 
-    python -m bench.ablation [--optimizer adam|sgd|both] [--seeds N] [--epochs N] [--quick] [--json FILE]
+    python -m bench.ablation [--optimizer adam|sgd|both] [--seeds N] [--epochs N] [--variants A,B] [--quick]
+                             [--json FILE]
 
 Submits ``examples/study_fsg_ablation.json`` (Adam) and/or ``examples/study_fsg_ablation_sgd.json``
 (plain SGD) to an ``fsg up`` of its own (a temporary FSG_HOME, a local Ray on this machine's CPUs):
-digits W1A32 ResNet-20 from a per-seed full-precision pre-training, STE, ReSTE, MetaQuant-MultiFC,
-FSG and its ablations (no slow net with alpha unchanged, alpha 0, ``mix``, no LRE, no normalisation,
-history 1 and 10). Prints each study's table (means with 95% t intervals, paired differences against
-STE with a paired t-test and a sign test) and writes the studies' JSON. ``--quick`` is a smoke run
+digits W1A32 ResNet-20 from a per-seed full-precision pre-training, STE, ReSTE, MetaQuant-MultiFC
+(with the research code's look-ahead value, and with the look-ahead at ``W - lr c M``), FSG and its
+ablations (no slow net with alpha unchanged, alpha 0, ``mix``, no LRE, no normalisation, history 1 and 10).
+Prints each study's table (means with 95% t intervals, paired differences against STE with a paired
+t-test and a sign test) and writes the studies' JSON. ``--quick`` is a smoke run
 (2 seeds, 3 epochs of 4 steps): its figures mean nothing. The paper-size slow net is not in the
 examples: on 2 CPU cores one run of it costs about as much as the whole study (FSG_SPEC §7).
 """
@@ -30,9 +32,18 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SPECS = {"adam": EXAMPLES / "study_fsg_ablation.json", "sgd": EXAMPLES / "study_fsg_ablation_sgd.json"}
 
 
-def study_spec(optimizer: str, *, seeds: int | None, epochs: int | None, quick: bool) -> dict[str, Any]:
-    """The example study, resized by the command line."""
+def study_spec(
+    optimizer: str, *, seeds: int | None, epochs: int | None, quick: bool, variants: list[str] | None = None
+) -> dict[str, Any]:
+    """The example study, resized by the command line; ``variants`` keeps those (and the baseline) only."""
     spec = json.loads(SPECS[optimizer].read_text())
+    if variants:
+        known = [v["name"] for v in spec["study"]["variants"]]
+        unknown = sorted(set(variants) - set(known))
+        if unknown:
+            raise SystemExit(f"--variants: {', '.join(unknown)} not in {SPECS[optimizer].name} ({', '.join(known)})")
+        keep = set(variants) | {spec["study"]["baseline"]}
+        spec["study"]["variants"] = [v for v in spec["study"]["variants"] if v["name"] in keep]
     if quick:
         seeds, epochs = seeds or 2, epochs or 3
         spec["max_steps_per_epoch"] = 4
@@ -75,6 +86,11 @@ def run(specs: dict[str, dict[str, Any]], console: Console) -> dict[str, Any]:
 PAIRS = [
     ("fsg", "ste", "does FSG beat STE?"),
     ("fsg", "metaquant_multifc", "does FSG beat MetaQuant (its fast net alone, with MetaQuant's update)?"),
+    (
+        "metaquant_multifc",
+        "metaquant_multifc_proposal",
+        "MetaQuant: the research code's value trick vs the look-ahead at W - lr c M",
+    ),
     ("fsg", "fsg_no_slow", "does the slow net matter (alpha unchanged, s = 0)?"),
     ("fsg", "fsg_alpha0", "alpha 0.9 vs 0 (the fast term's weight changes too)"),
     ("fsg", "fsg_mix", "update fast (research code) vs mix (paper text)"),
@@ -96,8 +112,11 @@ def pairs(study: dict[str, Any]) -> list[dict[str, Any]]:
         if trial["state"] == "succeeded" and "variant" in config:
             figures[(config["variant"], int(config["seed"]))] = trial["figures"]
     seeds = range(study["seeds"])
+    present = {variant for variant, _ in figures}
     out = []
     for a, b, question in PAIRS:
+        if a not in present or b not in present:
+            continue  # a study run with --variants answers its own questions only
         row: dict[str, Any] = {"a": a, "b": b, "question": question}
         for figure in PAIR_FIGURES:
             row[figure] = paired(
@@ -138,6 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: the example's, 5)")
     parser.add_argument("--epochs", type=int, default=None, help="binarized epochs (default: the example's, 24)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 seeds, 3 epochs of 4 steps")
+    parser.add_argument(
+        "--variants", default=None, help="comma-separated variant names to run (the baseline always runs)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the studies here")
     parser.add_argument("--report", type=Path, default=None, help="print the tables of an earlier --json file")
     parser.add_argument("--markdown", action="store_true", help="with --report: GitHub markdown tables")
@@ -151,7 +173,10 @@ def main(argv: list[str] | None = None) -> None:
                 Console(width=220).print(study_table(result["study"]))
         return
     optimizers = ["adam", "sgd"] if args.optimizer == "both" else [args.optimizer]
-    specs = {o: study_spec(o, seeds=args.seeds, epochs=args.epochs, quick=args.quick) for o in optimizers}
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    specs = {
+        o: study_spec(o, seeds=args.seeds, epochs=args.epochs, quick=args.quick, variants=variants) for o in optimizers
+    }
     console = Console(stderr=True)
     results = run(specs, console)
     out = Console(file=sys.stdout, width=220)

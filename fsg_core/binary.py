@@ -89,6 +89,7 @@ class BinaryLayer(nn.Module):
         binarize_weights / binarize_activations: switched off for full-precision pre-training and,
             for weights, in a packed inference model whose ``weight`` already holds ±a.
         lookahead: set by a learned estimator before a step; replaces ``W`` in the forward.
+        lookahead_bias: likewise for the bias (MetaQuant's ``b - lr R_b``); None uses ``bias``.
         capture: record ``g = ∂L/∂sign`` of the next backward in ``captured_grad``.
         last_tilde: ``w~`` of the last captured forward (detached), the hypernetworks' input.
     """
@@ -110,6 +111,7 @@ class BinaryLayer(nn.Module):
         self.binarize_weights = estimator is not None
         self.binarize_activations = act_estimator is not None
         self.lookahead: Tensor | None = None
+        self.lookahead_bias: Tensor | None = None
         self.capture = False
         self.captured_grad: Tensor | None = None
         self.last_tilde: Tensor | None = None
@@ -145,6 +147,10 @@ class BinaryLayer(nn.Module):
             return self.weight >= 0
         return self.binary_weight() >= 0
 
+    def effective_bias(self) -> Tensor | None:
+        bias: Tensor | None = getattr(self, "bias", None)
+        return bias if self.lookahead_bias is None else self.lookahead_bias
+
     def binary_input(self, x: Tensor) -> Tensor:
         if self.binarize_activations and self.act_estimator is not None:
             return self.act_estimator.binarize(x)
@@ -171,7 +177,7 @@ class BinaryConv2d(nn.Conv2d, BinaryLayer):
         self._init_binary(binarizer, estimator, act_estimator)
 
     def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N, C', H', W')
-        return self._conv_forward(self.binary_input(x), self.binary_weight(), self.bias)
+        return self._conv_forward(self.binary_input(x), self.binary_weight(), self.effective_bias())
 
 
 class BinaryLinear(nn.Linear, BinaryLayer):
@@ -191,7 +197,7 @@ class BinaryLinear(nn.Linear, BinaryLayer):
         self._init_binary(binarizer, estimator, act_estimator)
 
     def forward(self, x: Tensor) -> Tensor:  # (N, F) -> (N, F')
-        return F.linear(self.binary_input(x), self.binary_weight(), self.bias)
+        return F.linear(self.binary_input(x), self.binary_weight(), self.effective_bias())
 
 
 def binary_layers(model: nn.Module) -> Iterator[tuple[str, BinaryLayer]]:

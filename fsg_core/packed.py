@@ -177,14 +177,14 @@ def _effective_weights(layers: list[tuple[str, BinaryLayer]]) -> dict[str, tuple
     """
     estimators = {id(layer.estimator): layer.estimator for _, layer in layers if layer.estimator is not None}
     saved_progress = {key: est.progress for key, est in estimators.items()}
-    saved = [(layer.lookahead, layer.capture, layer.binarize_weights) for _, layer in layers]
+    saved = [(layer.lookahead, layer.lookahead_bias, layer.capture, layer.binarize_weights) for _, layer in layers]
     out: dict[str, tuple[Tensor, Tensor | None]] = {}
     try:
         for est in estimators.values():
             est.progress = 1.0
         with torch.no_grad():
             for name, layer in layers:
-                layer.lookahead, layer.capture, layer.binarize_weights = None, False, True
+                layer.lookahead, layer.lookahead_bias, layer.capture, layer.binarize_weights = None, None, False, True
                 w = layer.binary_weight().detach().float().cpu()
                 scale = layer.binarizer.scale(layer.weight)
                 if scale is not None:  # (C_out, 1, ...) per channel -> (C_out,); per layer stays ()
@@ -193,8 +193,13 @@ def _effective_weights(layers: list[tuple[str, BinaryLayer]]) -> dict[str, tuple
     finally:
         for key, est in estimators.items():
             est.progress = saved_progress[key]
-        for (_, layer), (lookahead, capture, enabled) in zip(layers, saved, strict=True):
-            layer.lookahead, layer.capture, layer.binarize_weights = lookahead, capture, enabled
+        for (_, layer), (lookahead, lookahead_bias, capture, enabled) in zip(layers, saved, strict=True):
+            layer.lookahead, layer.lookahead_bias, layer.capture, layer.binarize_weights = (
+                lookahead,
+                lookahead_bias,
+                capture,
+                enabled,
+            )
     return out
 
 

@@ -5,6 +5,20 @@ hypernetworks from the previous step's gradient ``g``; the layer computes with t
 ``W' = W - lr * direction`` (kept in the graph); backward then yields the meta-gradients and the new
 ``g``; the meta-optimizers step; ``W.grad`` is set to the (detached) base gradient and the base
 optimizer steps. The first iteration has no ``g`` yet: a plain forward/backward and no update.
+
+The look-ahead's *value* (``params.lookahead``):
+
+* ``proposal``: ``W' = W - lr * direction``, FSG_SPEC §4's formula. The displacement is the raw learned
+  gradient times lr; under Adam it is ~1e-4 of what the optimizer actually moves a weight.
+* ``update``: MetaQuant's research code (csyhhu/MetaQuant, ``meta_quantized_module.py``, its "value
+  trick"): ``W' = W - lr * (direction + (R - direction).detach())``, so the forward runs at
+  ``W - lr * R`` with ``R`` the update the base optimizer applied at the previous step per unit lr (there
+  ``weight.grad`` after ``get_refine_gradient``: Adam's ``m^/(sqrt(v^)+eps)``, SGD's momentum buffer),
+  while the hypernetworks' gradient path stays ``-lr * direction``. Each binary layer's bias gets the
+  value-only look-ahead ``b - lr * R_b`` as well. We measure ``R`` as ``(W_prev - W) / lr_prev``, which is
+  the research code's refined gradient for every torch optimizer, weight decay included, without a
+  hand-written optimizer. The first look-ahead (no previous update yet) uses the proposal's value; the
+  research code uses the raw gradient there, one step of difference.
 """
 
 from __future__ import annotations
@@ -35,6 +49,9 @@ class LookaheadEstimator(LearnedEstimator):
         self._pending: list[Tensor] | None = None
         self._sums: dict[str, Tensor] = {}
         self._count = 0
+        # ``lookahead = update``: the weights, biases and lr of the previous look-ahead step, from which
+        # the next step measures the update the base optimizer applied in between.
+        self._previous: dict[str, Any] | None = None
 
     # --- what a subclass provides -------------------------------------------------------------
     def build(self, device: torch.device) -> None:
@@ -73,6 +90,8 @@ class LookaheadEstimator(LearnedEstimator):
             layer.capture = True
         device = self.layers[0][1].weight.device
         self.stats_every = int(getattr(self.params, "stats_every", 1))
+        self.value_from_update = getattr(self.params, "lookahead", "proposal") == "update"
+        self._biased = [layer for _, layer in self.layers if layer.bias is not None]
         self._layer_index = torch.repeat_interleave(
             torch.arange(len(self.sizes), device=device),
             torch.tensor(self.sizes, device=device),
@@ -115,7 +134,10 @@ class LookaheadEstimator(LearnedEstimator):
             c = self._calibration(weights)
         want_stats = self.steps % self.stats_every == 0
         direction, base, stats = self.propose(c, want_stats)
-        lookahead = weights - lr * direction  # (N,), in the graph of the hypernetworks
+        shift = direction
+        if self.value_from_update:
+            shift = self._value_trick(weights, direction, lr, stats if want_stats else None)
+        lookahead = weights - lr * shift  # (N,), in the graph of the hypernetworks
         for (_, layer), w in zip(self.layers, self._split(lookahead), strict=True):
             layer.lookahead = w
         self._pending = self._split(base)
@@ -124,6 +146,30 @@ class LookaheadEstimator(LearnedEstimator):
                 # Summed as tensors: a float() per step would synchronise the GPU every step.
                 self._sums[key] = self._sums[key] + value.detach() if key in self._sums else value.detach()
             self._count += 1
+
+    def _value_trick(self, weights: Tensor, direction: Tensor, lr: float, stats: dict[str, Tensor] | None) -> Tensor:
+        """The shift whose value is the previous update ``R`` and whose gradient is ``direction``'s.
+
+        Also sets each biased layer's ``lookahead_bias = b - lr * R_b`` and remembers this step's weights,
+        biases and lr for the next one.
+        """
+        with torch.no_grad():
+            biases = self._flat([layer.bias for layer in self._biased]) if self._biased else None
+        prev = self._previous
+        self._previous = {"weights": weights, "biases": biases, "lr": float(lr)}
+        if prev is None or prev["lr"] <= 0.0:
+            return direction  # no previous update yet (or it had lr 0): the proposal's value
+        with torch.no_grad():
+            update = (prev["weights"] - weights) / prev["lr"]  # R, per unit lr, (N,)
+        if biases is not None and prev["biases"] is not None:
+            bias_update = (prev["biases"] - biases) / prev["lr"]
+            for layer, r in zip(
+                self._biased, bias_update.split([lay.bias.numel() for lay in self._biased]), strict=True
+            ):
+                layer.lookahead_bias = layer.bias - lr * r.view_as(layer.bias)  # b stays in the graph
+        if stats is not None:
+            stats["previous_update_rms"] = update.pow(2).mean().sqrt()
+        return direction + (update - direction).detach()
 
     def after_backward(self, group: Any = None) -> bool:
         grads = []
@@ -144,6 +190,7 @@ class LookaheadEstimator(LearnedEstimator):
         self.observe(self._flat(grads), self._flat([t for t in tildes if t is not None]))
         for _, layer in self.layers:
             layer.lookahead = None
+            layer.lookahead_bias = None
             layer.captured_grad = None
         self._pending = None
         self.steps += 1
@@ -162,6 +209,7 @@ class LookaheadEstimator(LearnedEstimator):
             "modules": [m.state_dict() for m in self.meta_modules()],
             "optimizers": [o.state_dict() for o in self.meta_optimizers],
             "extra": self.extra_state(),
+            "previous": self._previous,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -171,7 +219,9 @@ class LookaheadEstimator(LearnedEstimator):
         for opt, s in zip(self.meta_optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(s)
         # Checkpoints load on the CPU; a run resumed on a GPU needs the history and carried tensors there.
-        self.load_extra_state(_to_device(state["extra"], self.layers[0][1].weight.device))
+        device = self.layers[0][1].weight.device
+        self.load_extra_state(_to_device(state["extra"], device))
+        self._previous = _to_device(state.get("previous"), device)  # absent in checkpoints before the value trick
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:

@@ -22,6 +22,12 @@ class MetaQuant(LookaheadEstimator):
     calibration, as in FSG's fast path. The meta network is trained by Adam on the loss of the
     look-ahead forward; the base update is ``W.grad = c * M``.
 
+    The look-ahead follows the research code (``lookahead="update"``, the default): its value is
+    ``W - lr R`` with ``R`` the update the base optimizer applied at the previous step, its gradient
+    path ``-lr c M``, and each binary layer's bias computes at ``b - lr R_b``
+    (``fsg_core.estimators.lookahead``). ``lookahead="proposal"`` forwards at ``W - lr c M``, the
+    paper's equation and fsg's behaviour before 2026-12 (the forward then moves ~1e-4 as far under Adam).
+
     References:
         Chen et al., "MetaQuant: Learning to Quantize by Learning to Penetrate Non-differentiable
         Quantization", NeurIPS 2019. FSG_SPEC.md §3.
@@ -37,6 +43,12 @@ class MetaQuant(LookaheadEstimator):
         meta_lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate of the meta network")
         stats_every: int = Field(
             4, ge=1, le=10_000, description="steps between samples of the epoch statistics (meta_grad_rms)"
+        )
+        lookahead: Literal["update", "proposal"] = Field(
+            "update",
+            description="the look-ahead forward's value: W - lr R with R the previous step's update and the "
+            "gradient path of -lr c M, and the bias at b - lr R_b (update: the research code's value trick), "
+            "or W - lr c M (proposal)",
         )
 
     params: Params

@@ -30,3 +30,20 @@ def test_pairs_compare_two_variants_seed_by_seed() -> None:
     got = first["best_val_acc"]
     assert got["n"] == 3 and got["t_p"] == pytest.approx(sps.ttest_rel(fsg, ste).pvalue)
     assert (got["wins"], got["losses"]) == (2, 1)
+
+
+def test_variants_keep_the_named_ones_and_the_baseline() -> None:
+    spec = study_spec("adam", seeds=None, epochs=None, quick=True, variants=["metaquant_multifc"])
+    assert [v["name"] for v in spec["study"]["variants"]] == ["ste", "metaquant_multifc"]
+    with pytest.raises(SystemExit, match="nope"):
+        study_spec("adam", seeds=None, epochs=None, quick=True, variants=["nope"])
+
+
+def test_pairs_skip_questions_about_variants_the_study_did_not_run() -> None:
+    trials = [
+        {"config": {"variant": v, "seed": s}, "state": "succeeded", "figures": {"best_val_acc": 0.9 + s / 100}}
+        for v in ("metaquant_multifc", "metaquant_multifc_proposal", "ste")
+        for s in range(2)
+    ]
+    got = [(row["a"], row["b"]) for row in pairs({"seeds": 2, "trials": trials})]
+    assert got == [("metaquant_multifc", "metaquant_multifc_proposal")]

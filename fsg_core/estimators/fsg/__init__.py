@@ -41,6 +41,8 @@ class FSG(LookaheadEstimator):
       text) ``W.grad = a s + (1 - a) c f``.
 
     ``slow_every = m`` recomputes ``s`` every m steps and reuses it in between (1 is the paper).
+    ``lookahead="update"`` takes MetaQuant's research-code value trick (``fsg_core.estimators.lookahead``);
+    the default stays FSG_SPEC §4's ``W - lr * direction``.
 
     References:
         "Fast and Slow Gradient Approximation for Binary Neural Network Optimization", AAAI 2025,
@@ -80,6 +82,11 @@ class FSG(LookaheadEstimator):
             "the look-ahead is W - lr (1 - a) c f)",
         )
         lre: bool = Field(True, description="false: every layer's token is a fixed zero (no layer recognition)")
+        lookahead: Literal["proposal", "update"] = Field(
+            "proposal",
+            description="the look-ahead forward's value: W - lr (a s + (1-a) c f) (proposal, FSG_SPEC §4), or "
+            "MetaQuant's value trick W - lr R with R the previous step's update, same gradient path (update)",
+        )
         chunk_size: int = Field(4096, ge=64, le=2**26, description="coordinates per slow-net chunk")
         compile: bool = Field(True, description="fuse the slow net with torch.compile (eager if it fails)")
         checkpoint: bool = Field(True, description="recompute slow-net chunks in backward (memory O(chunk), not O(N))")

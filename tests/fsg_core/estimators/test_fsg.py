@@ -193,6 +193,26 @@ def test_forward_uses_the_lookahead_weight(update: str) -> None:
         opt.step()
 
 
+def test_update_lookahead_forwards_at_the_previous_update() -> None:
+    """``lookahead="update"``: MetaQuant's value trick on FSG; the value is W - lr R, the slow and fast
+    nets keep the gradient path of W - lr (a s + (1 - a) c f)."""
+    est, model, opt = _build(lookahead="update")
+    _step(est, model, opt, 0)
+    _step(est, model, opt, 1)  # the first look-ahead: no previous update, the proposal's value
+    before = _flat([layer.weight.detach().clone() for layer in _layers(model)])
+    _step(est, model, opt, 2)
+    now = _flat([layer.weight.detach().clone() for layer in _layers(model)])
+    est.before_forward(LR)
+    lookahead = _flat([layer.lookahead for layer in _layers(model)])
+    torch.testing.assert_close(lookahead.detach(), now - (before - now), rtol=1e-5, atol=1e-8)
+    fc = _layers(model)[-1]
+    assert fc.lookahead_bias is not None and fc.lookahead_bias.requires_grad
+    assert lookahead.requires_grad
+    params = [p for p in [*est.fast.parameters(), *est.slow.parameters()] if p.requires_grad]
+    grads = torch.autograd.grad(lookahead.sum(), params, allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads), "the hypernetworks stay in the graph"
+
+
 # --- the meta update ------------------------------------------------------------------------------
 
 

@@ -207,3 +207,83 @@ def test_state_from_a_cpu_checkpoint_lands_on_the_models_device() -> None:
     assert est_b.lstm_state is not None and isinstance(est_b.lstm_state, tuple)
     carried = [est_b.prev_grad, est_b.prev_tilde, *est_b.lstm_state]
     assert all(t is not None and t.device.type == "meta" for t in carried)
+
+
+def _flat_weights(model: nn.Module) -> torch.Tensor:
+    return torch.cat([layer.weight.detach().reshape(-1) for layer in _layers(model)])
+
+
+def test_lookahead_forwards_at_the_previous_update_with_the_learned_gradient_path() -> None:
+    """The research code's value trick: W' = W - lr R (R the last applied update per unit lr), while
+    the meta network's gradient is that of -lr c M; the FC bias computes at b - lr R_b."""
+    est, model, opt = _build("multifc")
+    assert est.params.lookahead == "update"
+    fc = _layers(model)[-1]
+    lrs = [LR, LR, 3 * LR, LR]
+    for step, lr in enumerate(lrs[:2]):  # step 0: no g; step 1: no previous update (the proposal's value)
+        weights, bias = _flat_weights(model), fc.bias.detach().clone()
+        est.before_forward(lr)
+        if step == 1:
+            assert fc.lookahead_bias is None
+        x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        if est.after_backward():
+            opt.step()
+    for lr_prev, lr in zip(lrs[1:], lrs[2:], strict=False):
+        now, bias_now = _flat_weights(model), fc.bias.detach().clone()
+        update, bias_update = (weights - now) / lr_prev, (bias - bias_now) / lr_prev
+        assert update.abs().max() > 0
+        assert est.prev_grad is not None and est.prev_tilde is not None
+        est.before_forward(lr)
+        lookahead = torch.cat([layer.lookahead.reshape(-1) for layer in _layers(model)])
+        torch.testing.assert_close(lookahead.detach(), now - lr * update, rtol=1e-5, atol=1e-8)
+        assert fc.lookahead_bias is not None
+        torch.testing.assert_close(fc.lookahead_bias.detach(), bias_now - lr * bias_update)
+        # gradient paths: the meta network's is that of -lr c M, the bias's is the identity
+        c = torch.cat([layer.binarizer.calibration(layer.weight.detach()).reshape(-1) for layer in _layers(model)])
+        proposal = -lr * c * est.prev_grad * est.net(est.prev_tilde)
+        v = torch.randn_like(lookahead)
+        params = list(est.net.parameters())
+        got = torch.autograd.grad((lookahead * v).sum(), params, retain_graph=True)
+        want = torch.autograd.grad((proposal * v).sum(), params)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-12)
+        (bias_grad,) = torch.autograd.grad(fc.lookahead_bias.sum(), [fc.bias])
+        assert torch.equal(bias_grad, torch.ones_like(fc.bias))
+        weights, bias = now, bias_now
+        x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        assert est.after_backward() is True
+        assert fc.lookahead_bias is None and all(layer.lookahead is None for layer in _layers(model))
+        opt.step()
+
+
+def test_proposal_lookahead_forwards_at_the_learned_gradient() -> None:
+    est, model, opt = _build("multifc", lookahead="proposal")
+    for step in range(3):
+        _step(est, model, opt, step)
+    now = _flat_weights(model)
+    want = _expected_grad(est, model)
+    est.before_forward(LR)
+    lookahead = torch.cat([layer.lookahead.detach().reshape(-1) for layer in _layers(model)])
+    torch.testing.assert_close(lookahead, now - LR * want, rtol=1e-5, atol=1e-9)
+    assert all(layer.lookahead_bias is None for layer in _layers(model))
+
+
+def test_the_previous_update_survives_a_checkpoint() -> None:
+    """Without the remembered weights a resumed run would forward at the proposal's value once."""
+    est, model, opt = _build("multifc")
+    for step in range(3):
+        _step(est, model, opt, step)
+    state = est.state_dict()
+    assert state["previous"] is not None and state["previous"]["lr"] == LR
+    fresh = MetaQuant(est.params)
+    fresh.setup(list(binary_layers(model)))
+    fresh.load_state_dict(state)
+    assert fresh._previous is not None
+    assert torch.equal(fresh._previous["weights"], est._previous["weights"])
+    legacy = {k: v for k, v in state.items() if k != "previous"}  # a checkpoint from before the value trick
+    fresh.load_state_dict(legacy)
+    assert fresh._previous is None
