@@ -237,10 +237,13 @@ def cifar_cost_spec(
 DIGITS_DATA: dict[str, Any] = {"dataset": "digits", "crop_padding": 1, "flip": False}
 
 
-def digits_spec(estimator: dict[str, Any], optimizer: dict[str, Any], seed: int, epochs: int, init: str) -> dict:
+def digits_spec(
+    estimator: dict[str, Any], optimizer: dict[str, Any], seed: int, epochs: int, init: str, forward: str = "dorefa"
+) -> dict:
     return {
         "model": {"arch": "resnet20"},
         "data": dict(DIGITS_DATA),
+        "binarize": {"weights": True, "activations": False, "forward": forward},
         "estimator": estimator,
         "optimizer": optimizer,
         "schedule": {"kind": "step", "milestones": [max(1, int(epochs * 2 / 3))], "gamma": 0.1},
@@ -296,7 +299,7 @@ def _std(xs: list[float | None]) -> float | None:
 
 
 def accuracy_table(
-    names: list[str], seeds: int, epochs: int, pretrain_epochs: int, threads: int, log: Any
+    names: list[str], seeds: int, epochs: int, pretrain_epochs: int, threads: int, log: Any, forward: str = "dorefa"
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     memory: dict[str, Any] = {}
@@ -315,14 +318,15 @@ def accuracy_table(
                 runs = []
                 for seed in range(seeds):
                     t0 = time.time()
-                    spec = digits_spec(ESTIMATORS[name], opt, seed, epochs, str(inits[seed]))
+                    spec = digits_spec(ESTIMATORS[name], opt, seed, epochs, str(inits[seed]), forward)
                     res = run_child(spec, 1, threads)
                     runs.append(res)
                     acc = res.get("summary", {}).get("best_val_acc")
                     log(f"  {opt_name:4s} {name:18s} seed {seed}: best_val {_fmt(acc)} ({time.time() - t0:.0f}s)")
                 results[f"{opt_name}/{name}"] = runs
         for name in names:
-            short = digits_spec(ESTIMATORS[name], OPTIMIZERS["adam"], 0, 3, str(inits[0])) | {"max_steps_per_epoch": 8}
+            short = digits_spec(ESTIMATORS[name], OPTIMIZERS["adam"], 0, 3, str(inits[0]), forward)
+            short["max_steps_per_epoch"] = 8
             memory[name] = measure_cost(short, threads).get("peak_mem_bytes")
             log(f"  memory {name:18s} {_fmt(memory[name], ',')} bytes")
     return {"fp_pretrain": fp, "runs": results, "peak_mem_bytes": memory}
@@ -408,7 +412,10 @@ def print_report(
             base = acc["runs"].get(f"{opt_name}/ste", [])
             base_time = _mean([r.get("step_time_s") for r in base])
             base_mem = acc["peak_mem_bytes"].get("ste")
-            table = Table(title=f"W1A32 ResNet-20 on digits, {opt_name}, {meta['seeds']} seed(s), mean ± std")
+            forward = meta.get("forward", "dorefa")
+            table = Table(
+                title=f"W1A32 ResNet-20 on digits ({forward}), {opt_name}, {meta['seeds']} seed(s), mean ± std"
+            )
             for col in ("estimator", "final train loss", "best val acc", "last-k test acc", "step", "memory"):
                 table.add_column(col, justify="right" if col != "estimator" else "left")
             for key, runs in acc["runs"].items():
@@ -450,6 +457,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-cost", action="store_true")
     parser.add_argument("--cost-steps", type=int, default=None, help="steps per epoch of a cost run (default 6)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--forward",
+        choices=["dorefa", "bwn"],
+        default="dorefa",
+        help="the binarizer of the accuracy runs: dorefa (x = tanh W / max|tanh W|, the MetaQuant/FSG codes') or "
+        "bwn (x = W, where closed-form estimators act on W as in their papers)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     parser.add_argument("--report", type=Path, default=None, help="print the tables of an earlier --json file")
     parser.add_argument("--markdown", action="store_true", help="tables as GitHub markdown")
@@ -491,14 +505,15 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "cpus": os.cpu_count(),
+        "forward": args.forward,
     }
     # Under the dorefa forward |x| <= 1 always, so clipped_ste computes exactly what ste does: its accuracy rows
     # would repeat STE's (FSG_SPEC §2). It stays in the cost table, and runs when asked for by name (--only).
-    acc_names = names if only else [n for n in names if n not in SAME_AS_STE_UNDER_DOREFA]
+    acc_names = names if only or args.forward != "dorefa" else [n for n in names if n not in SAME_AS_STE_UNDER_DOREFA]
     acc = (
         None
         if args.skip_accuracy
-        else accuracy_table(acc_names, seeds, epochs, args.pretrain_epochs, args.threads, log)
+        else accuracy_table(acc_names, seeds, epochs, args.pretrain_epochs, args.threads, log, args.forward)
     )
     cost = None if args.skip_cost else cost_table(cost_names, cost_steps, args.threads, log)
     print_report(acc, cost, meta, markdown=args.markdown)

@@ -32,3 +32,14 @@ def test_the_old_shared_pretraining_leaked_other_seeds_validation_images() -> No
     shared = _indices(pretrain_spec(15, 0))
     seed1 = _indices(digits_spec({"name": "ste"}, OPTIMIZERS["adam"], 1, 20, "/tmp/init.pt"))
     assert _overlap(shared.train, seed1.val) > len(seed1.val) // 2
+
+
+def test_the_forward_reaches_the_binarized_runs() -> None:
+    from fsg_core.spec import TrainSpec
+
+    spec = TrainSpec.model_validate(digits_spec({"name": "clipped_ste"}, OPTIMIZERS["sgd"], 0, 6, "/tmp/i.pt", "bwn"))
+    assert spec.binarize.forward == "bwn" and spec.binarize.weights
+    assert (
+        TrainSpec.model_validate(digits_spec({"name": "ste"}, OPTIMIZERS["sgd"], 0, 6, "/tmp/i.pt")).binarize.forward
+        == "dorefa"
+    )
