@@ -91,7 +91,7 @@ class LookaheadEstimator(LearnedEstimator):
         device = self.layers[0][1].weight.device
         self.stats_every = int(getattr(self.params, "stats_every", 1))
         self.value_from_update = getattr(self.params, "lookahead", "proposal") == "update"
-        self._biased = [layer for _, layer in self.layers if layer.bias is not None]
+        self._biased = [layer for _, layer in self.layers if getattr(layer, "bias", None) is not None]
         self._layer_index = torch.repeat_interleave(
             torch.arange(len(self.sizes), device=device),
             torch.tensor(self.sizes, device=device),
@@ -154,7 +154,7 @@ class LookaheadEstimator(LearnedEstimator):
         biases and lr for the next one.
         """
         with torch.no_grad():
-            biases = self._flat([layer.bias for layer in self._biased]) if self._biased else None
+            biases = self._flat([_bias(layer) for layer in self._biased]) if self._biased else None
         prev = self._previous
         self._previous = {"weights": weights, "biases": biases, "lr": float(lr)}
         if prev is None or prev["lr"] <= 0.0:
@@ -163,10 +163,10 @@ class LookaheadEstimator(LearnedEstimator):
             update = (prev["weights"] - weights) / prev["lr"]  # R, per unit lr, (N,)
         if biases is not None and prev["biases"] is not None:
             bias_update = (prev["biases"] - biases) / prev["lr"]
-            for layer, r in zip(
-                self._biased, bias_update.split([lay.bias.numel() for lay in self._biased]), strict=True
-            ):
-                layer.lookahead_bias = layer.bias - lr * r.view_as(layer.bias)  # b stays in the graph
+            sizes = [_bias(layer).numel() for layer in self._biased]
+            for layer, r in zip(self._biased, bias_update.split(sizes), strict=True):
+                bias = _bias(layer)
+                layer.lookahead_bias = bias - lr * r.view_as(bias)  # b stays in the graph
         if stats is not None:
             stats["previous_update_rms"] = update.pow(2).mean().sqrt()
         return direction + (update - direction).detach()
@@ -222,6 +222,12 @@ class LookaheadEstimator(LearnedEstimator):
         device = self.layers[0][1].weight.device
         self.load_extra_state(_to_device(state["extra"], device))
         self._previous = _to_device(state.get("previous"), device)  # absent in checkpoints before the value trick
+
+
+def _bias(layer: BinaryLayer) -> Tensor:
+    """The bias of a binary conv or linear layer that has one (the mixin does not declare it)."""
+    bias: Tensor = getattr(layer, "bias")  # noqa: B009
+    return bias
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
