@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(30, ge=1, le=3600, description="Retry-After of a 429 for a full queue quota")
     token_ttl_days: int = Field(90, ge=1, le=3650)
     max_page_size: int = Field(200, ge=1, le=10_000)
+    max_body_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        le=1 << 30,
+        description="largest request body; more is 413, refused while it streams in and before the token is read",
+    )
 
     @field_validator("home", "artifacts_dir", mode="after")
     @classmethod
