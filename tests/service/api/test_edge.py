@@ -85,3 +85,24 @@ def test_the_docs_load_their_assets_from_this_origin(client: TestClient, path: s
         digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
         assert f"'sha256-{digest}'" in csp
     assert "'unsafe-inline'" not in csp.split("script-src")[1].split(";")[0]
+
+
+@pytest.mark.parametrize(
+    ("fragment", "loc"),
+    [
+        ('"schedule": {"kind": "cosine", "min_lr": Infinity}', ["body", "schedule", "min_lr"]),
+        ('"schedule": {"kind": "cosine", "min_lr": NaN}', ["body", "schedule", "min_lr"]),
+        ('"epochs": "10"', ["body", "epochs"]),
+        ('"epochs": true', ["body", "epochs"]),
+    ],
+)
+def test_odd_numbers_in_the_body_are_422_at_their_field(
+    client: TestClient, auth: dict[str, str], tiny_spec: Any, fragment: str, loc: list[str]
+) -> None:
+    spec = tiny_spec()
+    spec.pop("epochs", None)
+    spec.pop("schedule", None)
+    body = json.dumps(spec)[:-1] + ", " + fragment + "}"
+    response = client.post("/v1/jobs", content=body, headers={**auth, "content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert loc in [e["loc"] for e in response.json()["detail"]]
