@@ -34,7 +34,7 @@ def page_csp(html: bytes) -> str:
 
 
 def _page(response: HTMLResponse) -> HTMLResponse:
-    response.headers["content-security-policy"] = page_csp(response.body)
+    response.headers["content-security-policy"] = page_csp(bytes(response.body))
     return response
 
 

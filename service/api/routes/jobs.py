@@ -62,6 +62,14 @@ def _confined_checkpoint(path: str, session: Session, tenant: str, settings: Set
         raise ValueError(f"{outside_data}; a checkpoint of one of your own jobs is accepted too") from None
 
 
+def _get_path(data: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)  # type: ignore[assignment]
+    return data
+
+
 def resolve_paths(spec: JobSpec, session: Session, tenant: str, settings: Settings, storage: Storage) -> JobSpec:
     """The spec with its file paths confined and resolved (symlinks followed, relative to the first data root).
 
@@ -98,9 +106,18 @@ def resolve_paths(spec: JobSpec, session: Session, tenant: str, settings: Settin
             for i, value in enumerate(values):
                 loc = ("search", "space", path, "values", i)
                 candidate = set_path(base, path, value)
-                check(loc, (candidate.get("data") or {}).get("root"), False)
-                check(loc, (candidate.get("init") or {}).get("checkpoint"), True)
-                resolved_values.append(check(loc, value, path_fields[path]) if path in path_fields else value)
+                for field, is_checkpoint in path_fields.items():
+                    head, _, leaf = field.partition(".")
+                    resolved = check(loc, (candidate.get(head) or {}).get(leaf), is_checkpoint)
+                    if path == field:
+                        value = resolved
+                    elif field.startswith(path + ".") and isinstance(value, dict):
+                        # A value that sets a whole section ("init": {...}) carries the path inside it: it is
+                        # stored resolved too, or a worker would open it relative to its own directory.
+                        inner = field.removeprefix(path + ".")
+                        if _get_path(value, inner) is not None:
+                            value = set_path(value, inner, resolved)
+                resolved_values.append(value)
             space[path] = dim.model_copy(update={"values": resolved_values})
         search = search.model_copy(update={"space": space})
     resolved = spec.model_copy(
