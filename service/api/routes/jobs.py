@@ -108,15 +108,15 @@ def resolve_paths(spec: JobSpec, session: Session, tenant: str, settings: Settin
                 candidate = set_path(base, path, value)
                 for field, is_checkpoint in path_fields.items():
                     head, _, leaf = field.partition(".")
-                    resolved = check(loc, (candidate.get(head) or {}).get(leaf), is_checkpoint)
+                    resolved_leaf = check(loc, (candidate.get(head) or {}).get(leaf), is_checkpoint)
                     if path == field:
-                        value = resolved
+                        value = resolved_leaf
                     elif field.startswith(path + ".") and isinstance(value, dict):
                         # A value that sets a whole section ("init": {...}) carries the path inside it: it is
                         # stored resolved too, or a worker would open it relative to its own directory.
                         inner = field.removeprefix(path + ".")
                         if _get_path(value, inner) is not None:
-                            value = set_path(value, inner, resolved)
+                            value = set_path(value, inner, resolved_leaf)
                 resolved_values.append(value)
             space[path] = dim.model_copy(update={"values": resolved_values})
         search = search.model_copy(update={"space": space})
