@@ -97,6 +97,17 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.home / 'fsg.db'}"
 
     @property
+    def database_url_for_display(self) -> str:
+        """The database URL with its password masked (``***``): what output and logs may show."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            return make_url(self.resolved_database_url).render_as_string(hide_password=True)
+        except ArgumentError:
+            return "(unparseable database URL)"
+
+    @property
     def resolved_artifacts_dir(self) -> Path:
         return self.artifacts_dir or self.home / "artifacts"
 

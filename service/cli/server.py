@@ -42,8 +42,11 @@ def ensure_client_config(settings: Any) -> Path:
         db.dispose()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"url": settings.resolved_api_url, "token": token}))
-    os.chmod(tmp, 0o600)
+    tmp.unlink(missing_ok=True)
+    # Created 0600 (not written, then chmod-ed): the token is never readable by others, not for an instant.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps({"url": settings.resolved_api_url, "token": token}))
     tmp.replace(path)
     return path
 
@@ -94,7 +97,7 @@ def up(
         wait_healthy(settings.resolved_api_url, api)
         console.print(f"[green]API[/green] {settings.resolved_api_url}  (docs: {settings.resolved_api_url}/docs)")
         console.print(f"[green]client config[/green] {config} (FSG_HOME={settings.home})")
-        console.print(f"[green]database[/green] {settings.resolved_database_url}")
+        console.print(f"[green]database[/green] {settings.database_url_for_display}")
         run_dispatcher(settings)  # blocks; returns on SIGTERM/SIGINT
     finally:
         if api.poll() is None:
