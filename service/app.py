@@ -15,6 +15,7 @@ from service.api import docs, errors
 from service.api.edge import SecurityHeadersMiddleware
 from service.api.monitoring import HttpMetricsMiddleware, Telemetry
 from service.api.router import router
+from service.api.streams import StreamSlots
 from service.db.engine import Database
 from service.settings import Settings, get_settings
 from service.storage import Storage
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     )
     app.state.settings = settings
     app.state.token_cache = {}
+    app.state.streams = StreamSlots(settings.max_streams_per_tenant)
     # Database work of the hot paths runs on a few threads of its own (see routes/jobs.py).
     app.state.db_limiter = anyio.CapacityLimiter(4)
     app.state.storage = storage

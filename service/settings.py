@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(30, ge=1, le=3600, description="Retry-After of a 429 for a full queue quota")
     token_ttl_days: int = Field(90, ge=1, le=3650)
     max_page_size: int = Field(200, ge=1, le=10_000)
+    max_streams_per_tenant: int = Field(
+        16, ge=1, le=10_000, description="followed logs and event streams a tenant may hold open at once; more is 429"
+    )
     max_body_bytes: int = Field(
         1 << 20,
         ge=1024,
