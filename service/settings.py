@@ -61,6 +61,12 @@ class Settings(BaseSettings):
         le=65535,
         description="port of the dispatcher's own Prometheus endpoint, on api_host (unset: off; 0: any free port)",
     )
+    instance_id: str | None = Field(
+        None, max_length=64, description="set by fsg up for its API: /healthz echoes it (X-FSG-Instance)"
+    )
+    verbose: bool = Field(
+        False, description="library chatter too (Alembic's migration lines, Ray's start-up); off: what a person needs"
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines as text, or one JSON object per line (with job_id, attempt, dispatcher)"
     )

@@ -93,6 +93,10 @@ class Dispatcher:
             )
             self.runner = RayRunner(cluster)
             log.info("dispatcher %s on Ray %s", self.owner, cluster.address)
+            if cluster.dashboard_url:
+                log.info(
+                    "Ray dashboard %s (it asks for Ray's token: `ray get-auth-token` prints it)", cluster.dashboard_url
+                )
         self.reap()
         self.telemetry.start(cluster=self._totals())  # metrics endpoint (when configured), the first heartbeat
         log.info("dispatcher %s ready", self.owner)
