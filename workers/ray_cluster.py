@@ -34,9 +34,13 @@ class RayCluster:
         resources = ray.cluster_resources()
         return float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
 
-    def run_url(self, run_name: str) -> str | None:
-        """Where an operator watches a Train run in the dashboard."""
-        return f"{self.dashboard_url.rstrip('/')}/#/train" if self.dashboard_url else None
+    def task_url(self, task_id: str) -> str | None:
+        """The dashboard page of one of this driver's tasks (an attempt: its state, its logs, and the Ray
+        Train or Tune actors it started), under the driver's Ray job."""
+        if not self.dashboard_url:
+            return None
+        job_id = ray.get_runtime_context().get_job_id()
+        return f"{self.dashboard_url.rstrip('/')}/#/jobs/{job_id}/tasks/{task_id}"
 
 
 def _ray_log_level(settings: Settings) -> int:

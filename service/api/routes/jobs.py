@@ -44,7 +44,10 @@ _JOB_ERRORS: dict[int | str, dict[str, Any]] = {**_ERRORS, 404: {"model": ErrorR
 def job_read(job: Job, dashboard_url: str) -> JobRead:
     """The response for ``job``; the Ray dashboard link appears once the job has reached Ray."""
     fields = {field: getattr(job, field) for field in JobRead.model_fields if field != "ray_dashboard_url"}
-    return JobRead.model_validate({**fields, "ray_dashboard_url": f"{dashboard_url}/#/train" if job.attempts else None})
+    # The latest attempt's own page (its Ray task); the dashboard's job list for attempts launched before
+    # the page was recorded.
+    page = job.ray_run_url or (f"{dashboard_url}/#/jobs" if job.attempts else None)
+    return JobRead.model_validate({**fields, "ray_dashboard_url": page})
 
 
 def _dashboard(settings: Settings, storage: Storage) -> str:

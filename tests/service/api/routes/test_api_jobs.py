@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from service.db import records
 from service.db.states import JobState
 
 JOB_ROUTES = [
@@ -344,7 +345,11 @@ def test_list_filters_by_status_and_name_and_tenant(
     assert [j["id"] for j in running] == [b["id"]]
     both = client.get("/v1/jobs?status=running&status=queued", headers=auth).json()["items"]
     assert {j["id"] for j in both} == {a["id"], b["id"]}
-    assert running[0]["ray_dashboard_url"].endswith("/#/train")
+    assert running[0]["ray_dashboard_url"].endswith("/#/jobs")  # no attempt page recorded: the job list
+    with client.app.state.db.write() as session:  # type: ignore[attr-defined]
+        records.set_run_url(session, b["id"], "http://dash:8265/#/jobs/02000000/tasks/abc")
+    page = client.get(f"/v1/jobs/{b['id']}", headers=auth).json()["ray_dashboard_url"]
+    assert page == "http://dash:8265/#/jobs/02000000/tasks/abc"
 
 
 @pytest.mark.parametrize(
