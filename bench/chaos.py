@@ -80,6 +80,7 @@ def job_spec(kind: str, rng: random.Random, n: int) -> dict[str, Any]:
         spec["kind"] = "study"
         spec["epochs"] = 1
         spec["init"] = {"pretrain_epochs": 1}
+        spec["init"] = {"pretrain_epochs": 0}  # 4 Train runs, not 6: the soak is about faults, not studies
         spec["study"] = {
             "variants": [
                 {"name": "ste", "estimator": {"name": "ste"}},
@@ -492,6 +493,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def log(msg: str) -> None:
         print(f"[chaos] {msg}", file=sys.stderr, flush=True)
+
+    # SIGTERM (and SIGINT, which a shell ignores in background jobs) unwind through ``finally``: the Ray
+    # nodes, the service processes and the private PostgreSQL are stopped, never left behind.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
 
     with tempfile.TemporaryDirectory(prefix="fsg-chaos-") as tmp:
         soak = Soak(args.seed, args.minutes, args.dispatchers, Path(tmp))

@@ -4,6 +4,7 @@ the whole service under faults holds every invariant."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace as Row
@@ -73,6 +74,10 @@ def test_every_job_of_the_mix_is_a_valid_small_spec(kind: str) -> None:
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(900)
+@pytest.mark.skipif(
+    os.environ.get("FSG_CHAOS_SOAK") != "1",
+    reason="the 2-minute soak is not yet part of make test (issue #12): FSG_CHAOS_SOAK=1 runs it",
+)
 def test_a_two_minute_soak_holds_every_invariant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     try:
         PrivatePostgres().close()
