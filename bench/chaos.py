@@ -79,7 +79,6 @@ def job_spec(kind: str, rng: random.Random, n: int) -> dict[str, Any]:
     elif kind == "study":
         spec["kind"] = "study"
         spec["epochs"] = 1
-        spec["init"] = {"pretrain_epochs": 1}
         spec["init"] = {"pretrain_epochs": 0}  # 4 Train runs, not 6: the soak is about faults, not studies
         spec["study"] = {
             "variants": [
