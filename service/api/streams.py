@@ -1,7 +1,9 @@
 """Open streams (followed logs, event streams) per tenant: each polls the database every 0.5 s on the
 shared pool, so a tenant may hold at most ``FSG_MAX_STREAMS_PER_TENANT`` at once; one more is 429 with
-``Retry-After``. The slot is taken before the response starts and given back when the stream ends,
-however it ends (the job finished, the client left, an error)."""
+``Retry-After``. The handler checks for room before the response starts (``check``); the stream takes
+its slot when it starts sending and gives it back when it ends, however it ends (the job finished, the
+client left, an error). A response that never starts (the client left at once) never takes one, so no
+slot leaks; two requests racing for the last slot may both get it, a bounded excess."""
 
 from __future__ import annotations
 
@@ -25,6 +27,11 @@ class StreamSlots:
         self._open: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    def check(self, tenant: str) -> None:
+        """Raise ``TooManyStreams`` when ``tenant`` holds its limit already."""
+        if self.held(tenant) >= self.per_tenant:
+            raise TooManyStreams(tenant, self.per_tenant)
+
     def open(self, tenant: str) -> None:
         """Take a slot for ``tenant`` or raise ``TooManyStreams``."""
         with self._lock:
@@ -32,6 +39,10 @@ class StreamSlots:
             if held >= self.per_tenant:
                 raise TooManyStreams(tenant, self.per_tenant)
             self._open[tenant] = held + 1
+
+    def _take(self, tenant: str) -> None:
+        with self._lock:
+            self._open[tenant] = self._open.get(tenant, 0) + 1
 
     def close(self, tenant: str) -> None:
         with self._lock:
@@ -46,7 +57,8 @@ class StreamSlots:
             return self._open.get(tenant, 0)
 
     async def guard(self, tenant: str, body: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        """``body``, giving the tenant's slot back when it ends (the caller took it with ``open``)."""
+        """``body``, holding one of the tenant's slots from its first chunk until it ends."""
+        self._take(tenant)
         try:
             async for chunk in body:
                 yield chunk

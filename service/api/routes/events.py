@@ -114,6 +114,6 @@ async def stream_events(
     body: AsyncIterator[Any] = event_stream(db, job.id, start, follow=follow, request=request)
     if follow:
         slots: StreamSlots = request.app.state.streams
-        slots.open(job.tenant)  # 429 when the tenant holds too many; given back when the stream ends
+        slots.check(job.tenant)  # 429 when the tenant holds too many; the stream holds a slot while it runs
         body = slots.guard(job.tenant, body)
     return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)

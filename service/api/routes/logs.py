@@ -74,7 +74,7 @@ async def read_logs(
     path = storage.log_path(job.id)
     if follow:
         slots: StreamSlots = request.app.state.streams
-        slots.open(job.tenant)  # 429 when the tenant holds too many; given back when the stream ends
+        slots.check(job.tenant)  # 429 when the tenant holds too many; the stream holds a slot while it runs
         body: AsyncIterator[Any] | Iterator[bytes] = slots.guard(
             job.tenant, follow_log(db, storage, job.id, path, request)
         )

@@ -43,13 +43,16 @@ def test_the_slot_is_given_back_however_the_stream_ends() -> None:
         raise RuntimeError("the client left")
 
     async def consume() -> None:
-        slots.open("t")
-        with pytest.raises(TooManyStreams):
-            slots.open("t")
+        slots.check("t")
         with pytest.raises(RuntimeError):
             async for _ in slots.guard("t", failing()):
-                pass
+                assert slots.held("t") == 1
+                with pytest.raises(TooManyStreams):
+                    slots.check("t")
 
     asyncio.run(consume())
+    assert slots.held("t") == 0
+    never_started = slots.guard("t", failing())  # a response whose client left before it began
+    del never_started
     assert slots.held("t") == 0
     slots.open("t")  # free again
