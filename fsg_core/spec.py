@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from fsg_core import models
 from fsg_core.estimators import AnyEstimatorParams, ClosedFormParams, get
+from fsg_core.strict import StrictNumbers
 
 __all__ = [
     "BinarizeSpec",
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 
-class _Spec(BaseModel):
+class _Spec(StrictNumbers):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -73,10 +74,14 @@ class DataSpec(_Spec):
     image_size: int | None = Field(
         None, ge=4, le=512, description="pad/resize images to this side; None keeps the dataset's"
     )
-    max_train_samples: int | None = Field(None, ge=1, description="cap on training samples (quick runs)")
+    max_train_samples: int | None = Field(
+        None, ge=1, le=100_000_000, description="cap on training samples (quick runs)"
+    )
     synthetic_samples: int = Field(512, ge=16, le=1_000_000, description="synthetic: number of samples")
     synthetic_classes: int = Field(10, ge=2, le=1000, description="synthetic: number of classes")
-    synthetic_shape: tuple[int, int, int] = Field((3, 8, 8), description="synthetic: (channels, height, width)")
+    synthetic_shape: tuple[
+        Annotated[int, Field(ge=1, le=64)], Annotated[int, Field(ge=1, le=512)], Annotated[int, Field(ge=1, le=512)]
+    ] = Field((3, 8, 8), description="synthetic: (channels <= 64, height <= 512, width <= 512)")
 
     @field_validator("root")
     @classmethod
@@ -127,7 +132,7 @@ class ScheduleSpec(_Spec):
     )
     gamma: float = Field(0.1, gt=0, le=1)
     warmup_epochs: float = Field(0.0, ge=0, le=1000)
-    min_lr: float = Field(0.0, ge=0)
+    min_lr: float = Field(0.0, ge=0, le=10, description="cosine: the lr it ends at")
 
 
 class InitSpec(_Spec):
@@ -165,7 +170,9 @@ class TrainSpec(_Spec):
     eval_batch_size: int = Field(512, ge=1, le=65_536)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     init: InitSpec = Field(default_factory=InitSpec)
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (quick runs, benchmarks)")
+    max_steps_per_epoch: int | None = Field(
+        None, ge=1, le=10_000_000, description="cap on steps per epoch (quick runs, benchmarks)"
+    )
     checkpoint_every: int = Field(1, ge=1, le=10_000, description="epochs between training checkpoints")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision of the forward")

@@ -11,9 +11,11 @@ import anyio
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from service.api import errors
+from service.api import docs, errors
+from service.api.edge import SecurityHeadersMiddleware
 from service.api.monitoring import HttpMetricsMiddleware, Telemetry
 from service.api.router import router
+from service.api.streams import StreamSlots
 from service.db.engine import Database
 from service.settings import Settings, get_settings
 from service.storage import Storage
@@ -63,9 +65,16 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         version=_version(),
         summary="Train binary neural networks: submit jobs, watch them, download packed models.",
         lifespan=lifespan,
+        # FastAPI's body limit sits outside every route: a body over it is 413 as soon as the declared
+        # length or the bytes streamed in pass it, before the token is checked (a route reads its body
+        # before solving its dependencies).
+        max_body_size=settings.max_body_bytes,
+        docs_url=None,  # service.api.docs serves them from installed files, not a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.token_cache = {}
+    app.state.streams = StreamSlots(settings.max_streams_per_tenant)
     # Database work of the hot paths runs on a few threads of its own (see routes/jobs.py).
     app.state.db_limiter = anyio.CapacityLimiter(4)
     app.state.storage = storage
@@ -73,5 +82,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.db = db
     errors.install(app)
     app.add_middleware(HttpMetricsMiddleware, telemetry=telemetry)
+    app.add_middleware(SecurityHeadersMiddleware)  # added last: outermost of ours, on every response
     app.include_router(router)
+    docs.install(app)
     return app

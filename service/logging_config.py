@@ -67,3 +67,5 @@ def configure_logging(settings: Settings, *, level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(build_formatter(settings.log_format))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # Alembic says "Context impl ..., Will assume transactional DDL" at every start: chatter unless asked.
+    logging.getLogger("alembic").setLevel(logging.NOTSET if settings.verbose else logging.WARNING)

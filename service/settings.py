@@ -61,6 +61,12 @@ class Settings(BaseSettings):
         le=65535,
         description="port of the dispatcher's own Prometheus endpoint, on api_host (unset: off; 0: any free port)",
     )
+    instance_id: str | None = Field(
+        None, max_length=64, description="set by fsg up for its API: /healthz echoes it (X-FSG-Instance)"
+    )
+    verbose: bool = Field(
+        False, description="library chatter too (Alembic's migration lines, Ray's start-up); off: what a person needs"
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines as text, or one JSON object per line (with job_id, attempt, dispatcher)"
     )
@@ -80,6 +86,15 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(30, ge=1, le=3600, description="Retry-After of a 429 for a full queue quota")
     token_ttl_days: int = Field(90, ge=1, le=3650)
     max_page_size: int = Field(200, ge=1, le=10_000)
+    max_streams_per_tenant: int = Field(
+        16, ge=1, le=10_000, description="followed logs and event streams a tenant may hold open at once; more is 429"
+    )
+    max_body_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        le=1 << 30,
+        description="largest request body; more is 413, refused while it streams in and before the token is read",
+    )
 
     @field_validator("home", "artifacts_dir", mode="after")
     @classmethod
@@ -89,6 +104,17 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'fsg.db'}"
+
+    @property
+    def database_url_for_display(self) -> str:
+        """The database URL with its password masked (``***``): what output and logs may show."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            return make_url(self.resolved_database_url).render_as_string(hide_password=True)
+        except ArgumentError:
+            return "(unparseable database URL)"
 
     @property
     def resolved_artifacts_dir(self) -> Path:

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from fsg_core.checkpoint_dir import read_checkpoint_dir
 from fsg_core.errors import SpecError
-from service.db import queue, reads, tenants
+from service.db import queue, reads, records, tenants
 from service.db.engine import UNAVAILABLE, Database
 from service.db.models import Job, utcnow
 from service.db.states import Decision, Fate, JobState
@@ -93,6 +93,10 @@ class Dispatcher:
             )
             self.runner = RayRunner(cluster)
             log.info("dispatcher %s on Ray %s", self.owner, cluster.address)
+            if cluster.dashboard_url:
+                log.info(
+                    "Ray dashboard %s (it asks for Ray's token: `ray get-auth-token` prints it)", cluster.dashboard_url
+                )
         self.reap()
         self.telemetry.start(cluster=self._totals())  # metrics endpoint (when configured), the first heartbeat
         log.info("dispatcher %s ready", self.owner)
@@ -249,13 +253,12 @@ class Dispatcher:
                 queue.apply(session, current, Decision(Fate.cancel, "cancelled before it started"))
                 return
             resume = self._resume_dir(session, job.id) if spec.kind == "train" else None
-            url = self._runner.run_url(job.id)
             queue.transition(
                 session,
                 current,
                 JobState.running,
                 message=f"attempt {current.attempts} started on Ray" + (f", resuming from {resume}" if resume else ""),
-                data={"attempt": current.attempts, "ray_dashboard_url": url, "resume_path": resume},
+                data={"attempt": current.attempts, "resume_path": resume},
             )
             number = current.attempts
         ctx = AttemptContext(
@@ -276,6 +279,9 @@ class Dispatcher:
         )
         now = utcnow()
         self.attempts[job.id] = Attempt(job.id, number, ref, job.cpus, job.gpus, now, job.timeout_s, now)
+        url = self._runner.run_url(ref)
+        with self.db.write() as session:
+            records.set_run_url(session, job.id, url)
         self.telemetry.observe_launch(job, launched_at=now)  # fsg_queue_to_running_seconds
         log.info("job %s attempt %d launched", job.id, number, extra={"job_id": job.id, "attempt": number})
 

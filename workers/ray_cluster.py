@@ -8,6 +8,7 @@ Ray started from a thread that then exits takes the local cluster down with it.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -33,9 +34,19 @@ class RayCluster:
         resources = ray.cluster_resources()
         return float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
 
-    def run_url(self, run_name: str) -> str | None:
-        """Where an operator watches a Train run in the dashboard."""
-        return f"{self.dashboard_url.rstrip('/')}/#/train" if self.dashboard_url else None
+    def task_url(self, task_id: str) -> str | None:
+        """The dashboard page of one of this driver's tasks (an attempt: its state, its logs, and the Ray
+        Train or Tune actors it started), under the driver's Ray job."""
+        if not self.dashboard_url:
+            return None
+        job_id = ray.get_runtime_context().get_job_id()
+        return f"{self.dashboard_url.rstrip('/')}/#/jobs/{job_id}/tasks/{task_id}"
+
+
+def _ray_log_level(settings: Settings) -> int:
+    # Ray's driver logs its token-auth notice and start-up lines as warnings and info: errors only, unless
+    # FSG_VERBOSE. fsg prints the dashboard and how to sign in itself (the dispatcher's start-up line).
+    return logging.INFO if settings.verbose else logging.ERROR
 
 
 def connect(settings: Settings) -> RayCluster:
@@ -45,7 +56,9 @@ def connect(settings: Settings) -> RayCluster:
         context = ray.get_runtime_context()
         return RayCluster(context.gcs_address, settings.ray_dashboard_url, started_here=False)
     if settings.ray_address:
-        info = ray.init(address=settings.ray_address, namespace="fsg", log_to_driver=False)
+        info = ray.init(
+            address=settings.ray_address, namespace="fsg", log_to_driver=False, logging_level=_ray_log_level(settings)
+        )
         dashboard = settings.ray_dashboard_url or (f"http://{info.dashboard_url}" if info.dashboard_url else None)
         return RayCluster(ray.get_runtime_context().gcs_address, dashboard, started_here=False)
     info = ray.init(
@@ -57,6 +70,7 @@ def connect(settings: Settings) -> RayCluster:
         object_store_memory=settings.ray_object_store_mb * 2**20,
         namespace="fsg",
         log_to_driver=False,
+        logging_level=_ray_log_level(settings),
     )
     dashboard = settings.ray_dashboard_url or (f"http://{info.dashboard_url}" if info.dashboard_url else None)
     return RayCluster(ray.get_runtime_context().gcs_address, dashboard, started_here=True)

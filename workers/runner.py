@@ -60,8 +60,8 @@ class Runner(Protocol):
         """The cluster's CPUs and GPUs."""
         ...
 
-    def run_url(self, job_id: str) -> str | None:
-        """Where an operator watches the job's run."""
+    def run_url(self, handle: Any) -> str | None:
+        """Where an operator watches the launched attempt ``handle`` (None without a dashboard)."""
         ...
 
 
@@ -108,5 +108,5 @@ class RayRunner:
     def total(self) -> tuple[float, float]:
         return self.cluster.total()
 
-    def run_url(self, job_id: str) -> str | None:
-        return self.cluster.run_url(job_id)
+    def run_url(self, handle: Any) -> str | None:
+        return self.cluster.task_url(handle.task_id().hex())

@@ -31,10 +31,18 @@ def trial_key(variant: str, seed: int) -> str:
 
 
 def _run_once(
-    ctx: AttemptContext, spec: JobSpec, store: AttemptStore, key: str, train_spec: dict[str, Any], config: dict
+    ctx: AttemptContext,
+    spec: JobSpec,
+    store: AttemptStore,
+    key: str,
+    train_spec: dict[str, Any],
+    config: dict,
+    *,
+    kept: Any = None,
 ) -> None:
-    """Run one trial's TorchTrainer unless an earlier attempt finished it."""
-    if store.trial_state(key) == "succeeded":
+    """Run one trial's TorchTrainer unless an earlier attempt finished it (and, with ``kept``, left what
+    ``kept()`` checks for: a pre-training whose checkpoint record or file was lost is run again)."""
+    if store.trial_state(key) == "succeeded" and (kept is None or kept()):
         return
     store.record_trial(key, config=config, state="running")
     trainer = build_trainer(
@@ -78,7 +86,16 @@ def run_study(ctx: AttemptContext, spec: JobSpec, store: AttemptStore) -> dict[s
         seed = int(config["point"]["seed"])
         fp = pretraining_spec(base, seed)
         assert fp is not None
-        _run_once(ctx, spec, store, pretrain_key(seed), fp.model_dump(mode="json"), {"seed": seed, "role": "pretrain"})
+        key = pretrain_key(seed)
+        _run_once(
+            ctx,
+            spec,
+            store,
+            key,
+            fp.model_dump(mode="json"),
+            {"seed": seed, "role": "pretrain"},
+            kept=lambda: store.latest_checkpoint(key) is not None,
+        )
 
     pretrained: dict[int, str | None] = dict.fromkeys(seeds)
     if pretraining_spec(base, 0) is not None:

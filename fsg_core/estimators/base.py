@@ -12,10 +12,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from torch import Tensor
 
 from fsg_core.errors import NonRetryableError
+from fsg_core.strict import StrictNumbers
 
 if TYPE_CHECKING:
     from fsg_core.binary import BinaryLayer
@@ -42,7 +43,7 @@ def sign(x: Tensor) -> Tensor:
     return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
-class EstimatorParams(BaseModel):
+class EstimatorParams(StrictNumbers):
     """Hyperparameters of one estimator; subclasses add ``name: Literal[...]`` and typed fields."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

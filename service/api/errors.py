@@ -19,6 +19,7 @@ from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from service.api.streams import TooManyStreams
 from service.db.engine import UNAVAILABLE
 from service.db.queue import IdempotencyConflict, QueueFull
 from service.db.states import IllegalTransition
@@ -127,6 +128,11 @@ async def _on_queue_full(request: Request, exc: Exception) -> JSONResponse:
     return _detail(429, str(exc), {"Retry-After": str(retry_after)})
 
 
+async def _on_too_many_streams(request: Request, exc: Exception) -> JSONResponse:
+    # A stream is held for as long as the job runs: a few seconds' wait is the honest hint.
+    return _detail(429, str(exc), {"Retry-After": "10"})
+
+
 async def _on_database_down(_: Request, exc: Exception) -> JSONResponse:
     log.error("database unavailable: %s", exc)
     return _detail(503, "the database is unavailable; retry later", {"Retry-After": "5"})
@@ -170,6 +176,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(AlreadyFinished, _on_conflict)
     app.add_exception_handler(InvalidParameter, _on_bad_request)
     app.add_exception_handler(QueueFull, _on_queue_full)
+    app.add_exception_handler(TooManyStreams, _on_too_many_streams)
     app.add_exception_handler(DataError, _on_unstorable)
     for unavailable in UNAVAILABLE:
         app.add_exception_handler(unavailable, _on_database_down)

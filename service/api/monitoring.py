@@ -105,13 +105,22 @@ class Telemetry:
 def route_label(scope: Scope) -> str:
     """The matched route as a template (``/v1/jobs/{job_id}/metrics``): bounded label values.
 
-    Rebuilt from the path and its path parameters, because an included router's route object keeps
-    its own relative path; ``unmatched`` when no route matched (404s for unknown paths).
+    The route object of an included router keeps its template relative to the router's prefix, so the
+    label is the request path's prefix (a fixed router prefix, the path minus the route's rendered
+    template) followed by the template; a ``{name:path}`` parameter that spans segments stays one
+    ``{name}``. ``unmatched`` when no route matched (404s for unknown paths).
     """
-    if scope.get("route") is None:
+    route = scope.get("route")
+    template = getattr(route, "path_format", None)
+    if not isinstance(template, str):
         return "unmatched"
-    names = {str(value): name for name, value in (scope.get("path_params") or {}).items()}
-    return "/".join(f"{{{names[part]}}}" if part in names else part for part in scope["path"].split("/"))
+    params = scope.get("path_params") or {}
+    rendered = template
+    for name, value in params.items():
+        rendered = rendered.replace(f"{{{name}}}", str(value))
+    path = scope["path"]
+    prefix = path[: len(path) - len(rendered)] if path.endswith(rendered) else ""
+    return prefix + template
 
 
 class HttpMetricsMiddleware:

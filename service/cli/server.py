@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,8 +43,11 @@ def ensure_client_config(settings: Any) -> Path:
         db.dispose()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"url": settings.resolved_api_url, "token": token}))
-    os.chmod(tmp, 0o600)
+    tmp.unlink(missing_ok=True)
+    # Created 0600 (not written, then chmod-ed): the token is never readable by others, not for an instant.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps({"url": settings.resolved_api_url, "token": token}))
     tmp.replace(path)
     return path
 
@@ -57,7 +61,33 @@ def _settings_env(settings: Any) -> dict[str, str]:
     return env
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on ``host:port`` (an API left behind by a killed ``fsg up``)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _die_with_parent() -> None:
+    """In the API's child process, before exec: SIGTERM when ``fsg up`` dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the API outlives a killed parent, as before
+        pass
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0, instance: str | None = None) -> None:
+    """Until ``proc`` answers ``/healthz`` (with ``instance`` in ``X-FSG-Instance`` when given: another process
+    answering on the port does not count)."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
@@ -65,7 +95,8 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.
         if proc.poll() is not None:
             raise RuntimeError(f"the API exited with code {proc.returncode}")
         try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+            answer = httpx.get(f"{url}/healthz", timeout=2)
+            if answer.status_code == 200 and (instance is None or answer.headers.get("x-fsg-instance") == instance):
                 return
         except httpx.HTTPError:
             pass
@@ -78,23 +109,44 @@ def up(
     host: Annotated[str | None, typer.Option(help="API host (FSG_API_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="API port (FSG_API_PORT)")] = None,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray (FSG_RAY_NUM_CPUS)")] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="also library chatter: Alembic's migrations, Ray's start-up (FSG_VERBOSE)")
+    ] = False,
 ) -> None:
     """Start everything on this machine: the API, the dispatcher and a local Ray (or RAY_ADDRESS's)."""
+    import logging
+
     from service.db.migrate import upgrade
     from workers.dispatcher import main as run_dispatcher
 
-    settings = _settings(home=home, api_host=host, api_port=port, ray_num_cpus=num_cpus)
+    settings = _settings(home=home, api_host=host, api_port=port, ray_num_cpus=num_cpus, verbose=verbose or None)
     settings.home.mkdir(parents=True, exist_ok=True)
+    if port_in_use(settings.api_host, settings.api_port):
+        console.print(
+            f"[red]port {settings.api_port} on {settings.api_host} is taken[/red]: another fsg up, or an API a killed "
+            "one left behind? Stop it, or choose another with --port / FSG_API_PORT."
+        )
+        raise typer.Exit(1)
+    if not settings.verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     upgrade(settings.resolved_database_url)
     config = ensure_client_config(settings)
+    instance = uuid.uuid4().hex
+    env = _settings_env(settings) | {"FSG_VERBOSE": "1" if settings.verbose else "0", "FSG_INSTANCE_ID": instance}
+    # Its own session (a Ctrl-C in the terminal reaches fsg up alone, which stops the API in order), and it
+    # dies with fsg up however fsg up ends: never an orphan API holding the port.
     api = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "api"], env=_settings_env(settings), start_new_session=True
+        [sys.executable, "-m", "service.cli", "api"], env=env, start_new_session=True, preexec_fn=_die_with_parent
     )
     try:
-        wait_healthy(settings.resolved_api_url, api)
-        console.print(f"[green]API[/green] {settings.resolved_api_url}  (docs: {settings.resolved_api_url}/docs)")
-        console.print(f"[green]client config[/green] {config} (FSG_HOME={settings.home})")
-        console.print(f"[green]database[/green] {settings.resolved_database_url}")
+        wait_healthy(settings.resolved_api_url, api, instance=instance)
+        url = settings.resolved_api_url
+        console.print(f"[green]API[/green] {url}  (docs {url}/docs, dashboard {url}/ui/)")
+        console.print(
+            f"[green]token[/green] in {config} (the CLI reads it with FSG_HOME={settings.home}; paste it into the "
+            "dashboard's sign-in)"
+        )
+        console.print(f"[green]database[/green] {settings.database_url_for_display}")
         run_dispatcher(settings)  # blocks; returns on SIGTERM/SIGINT
     finally:
         if api.poll() is None:

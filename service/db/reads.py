@@ -152,6 +152,20 @@ def find_token(session: Session, token_hash: str) -> Token | None:
     return session.scalar(select(Token).where(Token.token_hash == token_hash))
 
 
+def list_tokens(session: Session, tenant: str | None = None) -> list[Token]:
+    """Every token (revoked and expired ones included), oldest first; ``tenant`` narrows it."""
+    query = select(Token).order_by(Token.created_at, Token.id)
+    if tenant is not None:
+        query = query.where(Token.tenant == tenant)
+    return list(session.scalars(query))
+
+
+def tokens_by_id_prefix(session: Session, prefix: str) -> list[Token]:
+    """The tokens whose id starts with ``prefix`` (what ``fsg token list`` shows)."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return list(session.scalars(select(Token).where(Token.id.like(f"{escaped}%", escape="\\")).limit(2)))
+
+
 def jobs_by_state(session: Session) -> dict[str, int]:
     """Job counts per state, all tenants (for Prometheus). Every state is present, zero included, so a
     gauge drops to 0 when its last job leaves."""

@@ -232,6 +232,13 @@ def mark_best_trial(session: Session, job_id: str, trial_key: str) -> None:
     _event(session, job_id, "trial", f"trial {trial_key} is the best", {"trial_key": trial_key, "is_best": True})
 
 
+def set_run_url(session: Session, job_id: str, url: str | None) -> None:
+    """Where the job's latest attempt is shown in the Ray dashboard (not a state: no event, no lock)."""
+    job = session.get(Job, job_id)
+    if job is not None:
+        job.ray_run_url = None if url is None else url[:512]
+
+
 def set_summary(session: Session, job: Job, summary: dict[str, Any]) -> None:
     """Store the job's summary metrics (best / last-k figures, packed size, best trial...)."""
     # A new dict, not an in-place edit: the JSON column only notices assignment.

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fsg_core.spec import TrainSpec
+from fsg_core.strict import StrictNumbers
 from service.schemas.base import ReadModel, UtcDatetime
 
 __all__ = [
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 
-class _Spec(BaseModel):
+class _Spec(StrictNumbers):
     model_config = ConfigDict(extra="forbid")
 
 

@@ -37,7 +37,7 @@ KUBERAY = ROOT / "deploy" / "kuberay"
 DOCKERFILES = [ROOT / "deploy" / "Dockerfile", ROOT / "deploy" / "Dockerfile.cuda"]
 
 # What compose needs from the shell; everything else has a default in the file.
-HOST_ENV = {"RAY_AUTH_TOKEN": "token-for-tests"}
+HOST_ENV = {"RAY_AUTH_TOKEN": "token-for-tests", "POSTGRES_PASSWORD": "password-for-tests"}
 SERVICES_WITH_SETTINGS = ("migrate", "api", "dispatcher")
 SERVICES_ON_THE_SHARED_VOLUME = ("api", "dispatcher", "ray-head", "ray-worker", "ray-worker-gpu")
 # Variables read by Ray itself, not by Settings (checked in the Ray sources where they are set).
@@ -267,6 +267,17 @@ def test_every_ray_process_gets_the_same_required_token(raw_compose: dict[str, A
             interpolate(raw_compose["services"][name]["environment"], {})
 
 
+def test_the_database_password_has_no_default(raw_compose: dict[str, Any]) -> None:
+    """Every service that holds the password (PostgreSQL, and the URL of the API, migrate, dispatcher)
+    refuses to start without POSTGRES_PASSWORD: no well-known default to log in with."""
+    holders = [name for name in raw_compose["services"] if "POSTGRES_PASSWORD" in str(raw_compose["services"][name])]
+    assert {"postgres", "api", "migrate", "dispatcher"} <= set(holders)
+    without = {k: v for k, v in HOST_ENV.items() if k != "POSTGRES_PASSWORD"}
+    for name in holders:
+        with pytest.raises(MissingVariable, match="POSTGRES_PASSWORD"):
+            interpolate(raw_compose["services"][name], without)
+
+
 # --- settings -------------------------------------------------------------------------------------
 def test_every_variable_of_the_service_containers_is_read_by_someone(services: dict[str, dict[str, Any]]) -> None:
     known = settings_env_names()
@@ -366,11 +377,12 @@ def test_compose_config_is_valid_for_docker_compose() -> None:
             [*cli, "-f", str(COMPOSE), *profile, "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True
         )
         assert result.returncode == 0, result.stderr
-    without_token = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
-    result = subprocess.run(
-        [*cli, "-f", str(COMPOSE), "config", "-q"], cwd=ROOT, env=without_token, capture_output=True, text=True
-    )
-    assert result.returncode != 0 and "RAY_AUTH_TOKEN" in result.stderr
+    for secret in ("RAY_AUTH_TOKEN", "POSTGRES_PASSWORD"):
+        without = {k: v for k, v in env.items() if k != secret}
+        result = subprocess.run(
+            [*cli, "-f", str(COMPOSE), "config", "-q"], cwd=ROOT, env=without, capture_output=True, text=True
+        )
+        assert result.returncode != 0 and secret in result.stderr
 
 
 def _compose_cli() -> list[str] | None:

@@ -8,12 +8,9 @@ stats are off for tests; production keeps auth on.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,24 +21,19 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.cluster import (
+    RAY_TEST_ENV,
+    NoPostgres,
+    PrivatePostgres,
+    free_port,
+    start_ray_node,
+    stop_ray_node,
+    wait_port,
+)
+
 RAY_CPUS = 2
-TEST_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout_s} s")
+TEST_ENV = RAY_TEST_ENV
+_wait_port = wait_port
 
 
 @dataclass
@@ -54,48 +46,6 @@ class RayHead:
         import ray
 
         return float(ray.available_resources().get("CPU", 0.0)), float(ray.cluster_resources().get("CPU", 0.0))
-
-
-def start_ray_node(
-    temp: Path, *, num_cpus: int, head_port: int, dashboard_port: int | None = None
-) -> subprocess.Popen[bytes]:
-    """``ray start --block``: the head (``dashboard_port`` given) or a node joining ``head_port``.
-
-    Several nodes on one machine are a multi-node cluster to Ray (each its own raylet and resources);
-    ``--block`` ties the node's processes to ours, so SIGTERM stops exactly that node.
-    """
-    ray = str(Path(sys.executable).parent / "ray")
-    common = [f"--num-cpus={num_cpus}", "--num-gpus=0", "--disable-usage-stats", "--block"]
-    if dashboard_port is not None:
-        args = [
-            ray,
-            "start",
-            "--head",
-            f"--port={head_port}",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard_port}",
-            f"--temp-dir={temp}",
-            "--object-store-memory=200000000",
-            *common,
-        ]
-    else:
-        args = [ray, "start", f"--address=127.0.0.1:{head_port}", "--object-store-memory=100000000", *common]
-    return subprocess.Popen(
-        args,
-        env={**os.environ, **TEST_ENV},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-def stop_ray_node(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)  # --block: stops the processes this command started
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def run_ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
@@ -228,53 +178,12 @@ def _healthy(url: str) -> bool:
         return False
 
 
-class PrivatePostgres:
-    """A PostgreSQL server of the test's own (initdb in a temporary directory, a free port), which a
-    fault test may stop and start without touching the machine's shared server."""
-
-    def __init__(self) -> None:
-        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-        if not bins:
-            pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
-        self.bin = bins[-1].parent
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="fsg-pg-"))
-        self.data = self.dir / "data"
-        # The server refuses to run as root: everything runs as the postgres user, in a dir it owns.
-        self.user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        if self.user:
-            shutil.chown(self.dir, "postgres", "postgres")
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-        self.start()
-        self._run(str(self.bin / "createdb"), "-h", str(self.dir), "-p", str(self.port), "-U", "postgres", "fsg")
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/fsg"
-
-    def _run(self, *args: str) -> None:
-        subprocess.run([*self.user, *args], check=True, capture_output=True, timeout=120)
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run(
-            str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-w", "-l", str(self.dir / "log"), "start"
-        )
-
-    def stop(self) -> None:
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
-
-    def close(self) -> None:
-        try:
-            self.stop()
-        except subprocess.CalledProcessError:
-            pass  # already stopped
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture
 def private_postgres() -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres()
+    try:
+        server = PrivatePostgres()
+    except NoPostgres as exc:
+        pytest.skip(str(exc))
     try:
         yield server
     finally:

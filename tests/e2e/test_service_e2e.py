@@ -73,6 +73,16 @@ def test_a_two_worker_training_job_succeeds_with_metrics_and_a_packed_model(serv
     log = "\n".join(client.logs(job["id"]))
     assert "binary epoch 2" in log and "job succeeded" in log
 
+    # The Ray dashboard link is the attempt's own page: its task, under the dispatcher's Ray job.
+    from ray.util.state import get_task
+
+    page = final["ray_dashboard_url"]
+    assert page.startswith(service.env["FSG_RAY_DASHBOARD_URL"].rstrip("/") + "/#/jobs/"), page
+    ray_job, task_id = page.split("/#/jobs/")[1].split("/tasks/")
+    task = get_task(task_id, address=service.env["FSG_RAY_DASHBOARD_URL"])
+    task = task[0] if isinstance(task, list) else task
+    assert task is not None and task.name == f"fsg-job-{job['id']}-attempt-1" and task.job_id == ray_job
+
 
 def test_a_search_records_its_trials_and_chooses_the_best_by_validation_accuracy(service: Service) -> None:
     client = service.client()

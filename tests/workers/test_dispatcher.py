@@ -66,8 +66,8 @@ class ScriptedRunner:
     def total(self) -> tuple[float, float]:
         return self.cpus, 0.0
 
-    def run_url(self, job_id: str) -> str:
-        return f"http://ray/{job_id}"
+    def run_url(self, handle: str) -> str:
+        return f"http://ray/#/jobs/01000000/tasks/task-of-{handle}-{self.launched.count(handle)}"
 
 
 @pytest.fixture
@@ -105,6 +105,8 @@ def test_a_job_that_succeeds_records_its_summary(dispatcher: Dispatcher, runner:
     job = submit(dispatcher)
     dispatcher.tick()
     assert runner.launched == [job] and state(dispatcher, job)[0] == "running"
+    with dispatcher.db.read() as session:  # the attempt's own dashboard page, from the runner's handle
+        assert session.get(Job, job).ray_run_url == f"http://ray/#/jobs/01000000/tasks/task-of-{job}-1"
     runner.results[job] = {"best_val_acc": 0.9}
     dispatcher.tick()
     assert state(dispatcher, job)[0] == "succeeded"

@@ -39,7 +39,8 @@ def find_checkpoint(session: Session, job: Job, ckpt: str, format: Format) -> Ch
         if not rows:
             raise ArtifactNotFound(f"job {job.id} has no {format} checkpoint yet")
         return max(rows, key=lambda c: (c.created_at, c.id))
-    if not ckpt.isdigit() or len(ckpt) > 18:
+    # ASCII digits only: str.isdigit() also accepts '²' (int() refuses it) and '２' (int() reads 2).
+    if not (ckpt.isascii() and ckpt.isdigit()) or len(ckpt) > 18:
         raise invalid(("path", "ckpt"), "must be a checkpoint id (an integer) or 'latest'")
     row = reads.get_checkpoint(session, job.id, int(ckpt))
     if row is None:

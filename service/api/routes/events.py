@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import DatabaseDep, JobDep
 from service.api.errors import InvalidParameter
+from service.api.streams import StreamSlots
 from service.db import reads
 from service.db.engine import Database
 from service.db.models import Job
@@ -95,6 +96,7 @@ async def event_stream(
         200: {"content": {"text/event-stream": {}}, "description": "the event stream"},
         400: {"model": ErrorRead, "description": "Last-Event-ID is not an event id"},
         404: {"model": ErrorRead},
+        429: {"model": ErrorRead, "description": "follow: the tenant holds too many open streams; see Retry-After"},
     },
 )
 async def stream_events(
@@ -109,8 +111,9 @@ async def stream_events(
 ) -> StreamingResponse:
     """State changes, metrics, checkpoints and trials as server-sent events, in order."""
     start = _start_id(last_event_id, after)
-    return StreamingResponse(
-        event_stream(db, job.id, start, follow=follow, request=request),
-        media_type="text/event-stream",
-        headers=SSE_HEADERS,
-    )
+    body: AsyncIterator[Any] = event_stream(db, job.id, start, follow=follow, request=request)
+    if follow:
+        slots: StreamSlots = request.app.state.streams
+        slots.check(job.tenant)  # 429 when the tenant holds too many; the stream holds a slot while it runs
+        body = slots.guard(job.tenant, body)
+    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)

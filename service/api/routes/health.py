@@ -91,8 +91,12 @@ async def ray_status(settings: Settings, storage: Storage) -> RayStatus:
 
 
 @router.get("/healthz")
-def liveness() -> LiveRead:
-    """The process answers."""
+def liveness(request: Request, response: Response) -> LiveRead:
+    """The process answers (with ``X-FSG-Instance`` when it was started with one: ``fsg up`` checks that
+    the API answering is the one it started, not one left behind)."""
+    instance = request.app.state.settings.instance_id
+    if instance:
+        response.headers["X-FSG-Instance"] = instance
     return LiveRead()
 
 

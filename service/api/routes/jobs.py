@@ -44,7 +44,10 @@ _JOB_ERRORS: dict[int | str, dict[str, Any]] = {**_ERRORS, 404: {"model": ErrorR
 def job_read(job: Job, dashboard_url: str) -> JobRead:
     """The response for ``job``; the Ray dashboard link appears once the job has reached Ray."""
     fields = {field: getattr(job, field) for field in JobRead.model_fields if field != "ray_dashboard_url"}
-    return JobRead.model_validate({**fields, "ray_dashboard_url": f"{dashboard_url}/#/train" if job.attempts else None})
+    # The latest attempt's own page (its Ray task); the dashboard's job list for attempts launched before
+    # the page was recorded.
+    page = job.ray_run_url or (f"{dashboard_url}/#/jobs" if job.attempts else None)
+    return JobRead.model_validate({**fields, "ray_dashboard_url": page})
 
 
 def _dashboard(settings: Settings, storage: Storage) -> str:
@@ -60,6 +63,14 @@ def _confined_checkpoint(path: str, session: Session, tenant: str, settings: Set
         if owner is not None and reads.get_job(session, owner, tenant) is not None:
             return confine(path, storage.roots)
         raise ValueError(f"{outside_data}; a checkpoint of one of your own jobs is accepted too") from None
+
+
+def _get_path(data: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)  # type: ignore[assignment]
+    return data
 
 
 def resolve_paths(spec: JobSpec, session: Session, tenant: str, settings: Settings, storage: Storage) -> JobSpec:
@@ -98,9 +109,18 @@ def resolve_paths(spec: JobSpec, session: Session, tenant: str, settings: Settin
             for i, value in enumerate(values):
                 loc = ("search", "space", path, "values", i)
                 candidate = set_path(base, path, value)
-                check(loc, (candidate.get("data") or {}).get("root"), False)
-                check(loc, (candidate.get("init") or {}).get("checkpoint"), True)
-                resolved_values.append(check(loc, value, path_fields[path]) if path in path_fields else value)
+                for field, is_checkpoint in path_fields.items():
+                    head, _, leaf = field.partition(".")
+                    resolved_leaf = check(loc, (candidate.get(head) or {}).get(leaf), is_checkpoint)
+                    if path == field:
+                        value = resolved_leaf
+                    elif field.startswith(path + ".") and isinstance(value, dict):
+                        # A value that sets a whole section ("init": {...}) carries the path inside it: it is
+                        # stored resolved too, or a worker would open it relative to its own directory.
+                        inner = field.removeprefix(path + ".")
+                        if _get_path(value, inner) is not None:
+                            value = set_path(value, inner, resolved_leaf)
+                resolved_values.append(value)
             space[path] = dim.model_copy(update={"values": resolved_values})
         search = search.model_copy(update={"space": space})
     resolved = spec.model_copy(

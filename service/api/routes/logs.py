@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import DatabaseDep, JobDep, StorageDep
+from service.api.streams import StreamSlots
 from service.db.engine import Database
 from service.db.models import Job
 from service.db.states import TERMINAL
@@ -56,7 +57,11 @@ async def follow_log(
 @router.get(
     "",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/plain": {}}, "description": "the log text"}, 404: {"model": ErrorRead}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "the log text"},
+        404: {"model": ErrorRead},
+        429: {"model": ErrorRead, "description": "follow: the tenant holds too many open streams; see Retry-After"},
+    },
 )
 async def read_logs(
     job: JobDep,
@@ -68,7 +73,11 @@ async def read_logs(
     """The job's log (empty before its first attempt wrote anything)."""
     path = storage.log_path(job.id)
     if follow:
-        body: AsyncIterator[bytes] | Iterator[bytes] = follow_log(db, storage, job.id, path, request)
+        slots: StreamSlots = request.app.state.streams
+        slots.check(job.tenant)  # 429 when the tenant holds too many; the stream holds a slot while it runs
+        body: AsyncIterator[Any] | Iterator[bytes] = slots.guard(
+            job.tenant, follow_log(db, storage, job.id, path, request)
+        )
     elif path.is_file():
         body = storage.iter_bytes(path)
     else:

@@ -220,7 +220,10 @@ export function jobView(root, { params: [jobId], signal }) {
     if (job.ray_dashboard_url) {
       ray.href = job.ray_dashboard_url;
       ray.removeAttribute("aria-disabled");
-      ray.title = "this job's Ray run, in the Ray dashboard";
+      // Ray's dashboard asks for Ray's own token (not fsg's): `ray get-auth-token` prints it on the cluster.
+      ray.title =
+        "this job's latest attempt in the Ray dashboard (its task, with the Train or Tune actors it started); " +
+        "Ray asks for its own token: `ray get-auth-token` prints it";
     } else {
       ray.removeAttribute("href");
       ray.setAttribute("aria-disabled", "true");

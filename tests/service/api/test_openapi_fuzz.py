@@ -4,7 +4,8 @@ Every operation gets schema-valid and schema-invalid requests (schemathesis' cov
 with a real bearer token, and without one or with a wrong one, against a database that holds real jobs (a
 queued one, and a finished one with metrics, a log and a checkpoint), so path ids hit rows that exist as
 well as ones that do not. The checks: never a server error; every status code, content type, header and
-JSON body is one the schema declares; schema-invalid input and missing or wrong tokens are rejected.
+JSON body is one the schema declares; schema-invalid input and missing or wrong tokens are rejected; every
+response carries the security headers (``security_headers``).
 """
 
 from __future__ import annotations
@@ -104,6 +105,17 @@ def api_schema(request: pytest.FixtureRequest, app: FastAPI, auth: dict[str, str
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
+def security_headers(ctx: Any, response: Any, case: Any) -> bool:
+    """Every response, whatever the input, carries the policy that forbids framing, sniffing and foreign scripts."""
+    headers = {k.lower(): v[0] if isinstance(v, list) else v for k, v in response.headers.items()}
+    for name, want in [("x-frame-options", "DENY"), ("x-content-type-options", "nosniff")]:
+        if headers.get(name) != want:
+            raise AssertionError(f"{name}: {headers.get(name)!r}, want {want!r}")
+    if "frame-ancestors 'none'" not in headers.get("content-security-policy", ""):
+        raise AssertionError(f"content-security-policy: {headers.get('content-security-policy')!r}")
+    return True
+
+
 def _stop_following(case: Any) -> None:
     # `follow=true` (the default of /events) streams until the job ends, and the queued job never does;
     # streaming is tested in test_api_events.py and test_api_logs.py. A follow that would stream becomes
@@ -129,4 +141,4 @@ def test_no_server_errors_and_responses_match_the_schema(case: Any, seeded: Seed
         # at the finished job, or every case stops at a 404 before the handler reads its parameters.
         case.path_parameters = {**case.path_parameters, "job_id": seeded.finished}
     _stop_following(case)
-    case.call_and_validate()
+    case.call_and_validate(additional_checks=[security_headers])

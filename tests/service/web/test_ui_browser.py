@@ -63,11 +63,28 @@ def page(browser: Any, service: Service) -> Iterator[Any]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    # The Content Security Policy must not block anything the pages need (Chromium logs each refusal). An
+    # image from another origin is the exception: blocking it is the policy's job (ReDoc's footer fetches
+    # its logo from cdn.redoc.ly and hides it when that fails).
+    page.on(
+        "console",
+        lambda msg: (
+            errors.append(msg.text)
+            if "Content Security Policy" in msg.text and not msg.text.startswith("Loading the image 'https://")
+            else None
+        ),
+    )
+    foreign: list[str] = []  # requests to other origins that went out (a CSP-blocked one fails before)
+    page.on(
+        "requestfinished",
+        lambda req: None if req.url.startswith((service.url, "data:", "blob:")) else foreign.append(req.url),
+    )
     try:
         yield page
     finally:
         context.close()
     assert not errors, f"uncaught errors in the page: {errors}"
+    assert not foreign, f"requests to other origins: {foreign}"
 
 
 # The trained pair: long enough to learn visibly (their compare page is the README's screenshot).
@@ -132,6 +149,21 @@ def test_the_page_loads_and_a_wrong_token_is_refused(page: Any, service: Service
     assert page.url.endswith("#/signin") and page.get_by_test_id("signin-form").is_visible()
     assert page.evaluate("localStorage.getItem('fsg.token')") is None
     screenshot(page, "signin-refused")
+
+
+@pytest.mark.parametrize(("path", "ready"), [("/docs", ".swagger-ui .info .title"), ("/redoc", "h1")])
+def test_the_api_docs_render_from_this_origin_under_the_policy(
+    page: Any, service: Service, path: str, ready: str
+) -> None:
+    """Swagger UI and ReDoc come from the installed package (the fixture fails on any other origin and
+    on any Content Security Policy refusal), and the headers forbid framing and sniffing."""
+    response = page.goto(f"{service.url}{path}")
+    assert response is not None and response.ok
+    headers = response.headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
+    page.locator(ready).first.wait_for()
+    assert "fsg" in page.locator(ready).first.inner_text()
 
 
 def test_submitted_jobs_appear_and_turn_running_then_succeeded_without_a_reload(

@@ -96,7 +96,17 @@ def test_a_checkpoint_of_another_job_is_404(
     assert client.get(f"/v1/jobs/{b['id']}/checkpoints/{ckpt}", headers=auth).status_code == 404
 
 
-@pytest.mark.parametrize(("suffix", "loc"), [("abc", ["path", "ckpt"]), ("1?format=zip", ["query", "format"])])
+@pytest.mark.parametrize(
+    ("suffix", "loc"),
+    [
+        ("abc", ["path", "ckpt"]),
+        ("1?format=zip", ["query", "format"]),
+        # digits outside ASCII: int() refuses the first two (a 500 once) and reads the third as 2
+        ("%C2%B2", ["path", "ckpt"]),
+        ("%E2%91%A0", ["path", "ckpt"]),
+        ("%EF%BC%92", ["path", "ckpt"]),
+    ],
+)
 def test_bad_checkpoint_reference_is_422(
     client: TestClient, auth: dict[str, str], submit: Any, suffix: str, loc: list[str]
 ) -> None:

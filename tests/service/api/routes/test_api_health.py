@@ -84,6 +84,21 @@ def test_prometheus_metrics(client: TestClient, auth: dict[str, str], submit: An
     assert any(line.startswith("fsg_http_request_duration_seconds_bucket") for line in lines)
 
 
+def test_metric_labels_stay_bounded_whatever_the_paths(client: TestClient) -> None:
+    """Route templates, never raw paths: a catch-all route with multi-segment values, unknown paths."""
+    for i in range(200):
+        client.get(f"/ui/{i}/x{i}")
+        client.get(f"/nothing/{i}")
+        client.get(f"/v1/jobs/j{i}/metrics")
+    routes = {
+        dict(labels)["route"]
+        for (name, labels) in _samples(client.get("/metrics").text)
+        if name == "fsg_http_requests_total"
+    }
+    assert routes <= {"/ui/{path}", "unmatched", "/v1/jobs/{job_id}/metrics", "/metrics"}, routes
+    assert {"/ui/{path}", "unmatched", "/v1/jobs/{job_id}/metrics"} <= routes
+
+
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of a Prometheus exposition as ``{(name, sorted labels): value}``."""
     return {

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from service.db import records
 from service.db.states import JobState
 
 JOB_ROUTES = [
@@ -202,6 +203,32 @@ def test_search_space_paths_inside_the_roots_are_resolved(
     assert values == [str((data_root / "a").resolve()), str(data_root.resolve())]
 
 
+def test_search_values_that_set_a_whole_section_are_stored_resolved(
+    client: TestClient, auth: dict[str, str], tiny_spec: Any, data_root: Path
+) -> None:
+    """``"init": {"checkpoint": "sub/ckpt.pt"}`` as a search value: confined and stored absolute, like a leaf."""
+    (data_root / "sub").mkdir()
+    (data_root / "sub" / "ckpt.pt").write_bytes(b"x")
+    (data_root / "a").mkdir()
+    space = {
+        "init": {"type": "choice", "values": [{"checkpoint": "sub/ckpt.pt"}, {"pretrain_epochs": 0}]},
+        "data": {"type": "choice", "values": [{"dataset": "digits", "root": "a"}]},
+    }
+    search = {"space": space, "num_samples": 1}
+    response = client.post("/v1/jobs?dry_run=true", json=tiny_spec(kind="search", search=search), headers=auth)
+    assert response.status_code == 200, response.text
+    stored = response.json()["spec"]["search"]["space"]
+    assert stored["init"]["values"] == [
+        {"checkpoint": str((data_root / "sub" / "ckpt.pt").resolve())},
+        {"pretrain_epochs": 0},
+    ]
+    assert stored["data"]["values"] == [{"dataset": "digits", "root": str((data_root / "a").resolve())}]
+    outside = {"space": {"init": {"type": "choice", "values": [{"checkpoint": "/etc/passwd"}]}}, "num_samples": 1}
+    response = client.post("/v1/jobs", json=tiny_spec(kind="search", search=outside), headers=auth)
+    assert response.status_code == 422
+    assert locs(response) == [["body", "search", "space", "init", "values", 0]]
+
+
 def test_symlink_out_of_the_data_root_is_refused(
     client: TestClient, auth: dict[str, str], tiny_spec: Any, data_root: Path, tmp_path: Path
 ) -> None:
@@ -318,7 +345,11 @@ def test_list_filters_by_status_and_name_and_tenant(
     assert [j["id"] for j in running] == [b["id"]]
     both = client.get("/v1/jobs?status=running&status=queued", headers=auth).json()["items"]
     assert {j["id"] for j in both} == {a["id"], b["id"]}
-    assert running[0]["ray_dashboard_url"].endswith("/#/train")
+    assert running[0]["ray_dashboard_url"].endswith("/#/jobs")  # no attempt page recorded: the job list
+    with client.app.state.db.write() as session:  # type: ignore[attr-defined]
+        records.set_run_url(session, b["id"], "http://dash:8265/#/jobs/02000000/tasks/abc")
+    page = client.get(f"/v1/jobs/{b['id']}", headers=auth).json()["ray_dashboard_url"]
+    assert page == "http://dash:8265/#/jobs/02000000/tasks/abc"
 
 
 @pytest.mark.parametrize(
