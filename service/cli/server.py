@@ -114,9 +114,8 @@ def up(
     ] = False,
 ) -> None:
     """Start everything on this machine: the API, the dispatcher and a local Ray (or RAY_ADDRESS's)."""
-    import logging
-
     from service.db.migrate import upgrade
+    from service.logging_config import configure_logging
     from workers.dispatcher import main as run_dispatcher
 
     settings = _settings(home=home, api_host=host, api_port=port, ray_num_cpus=num_cpus, verbose=verbose or None)
@@ -127,8 +126,7 @@ def up(
             "one left behind? Stop it, or choose another with --port / FSG_API_PORT."
         )
         raise typer.Exit(1)
-    if not settings.verbose:
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_logging(settings)  # the one place that quiets Alembic unless --verbose (the dispatcher calls it too)
     upgrade(settings.resolved_database_url)
     config = ensure_client_config(settings)
     instance = uuid.uuid4().hex
