@@ -1,15 +1,16 @@
 """The chaos soak: the whole service under faults, then its invariants checked from the database and
 the artifact store.
 
-    python -m bench.chaos [--minutes M] [--seed S] [--dispatchers D] [--json FILE]
+    python -m bench.chaos [--minutes M] [--seed S] [--dispatchers D] [--jobs-per-minute R] [--json FILE]
 
 Three tenants (``a`` with ``max_running`` 1, ``b`` with 2, ``c`` unlimited) submit a seeded mix of small
-jobs (train on Ray Train, ``ray_task``, search, study) to a private PostgreSQL server through the REST
-API, served by D dispatchers (default 3) on a Ray cluster of two nodes (a head and a worker, ``ray start``
-processes of our own). Meanwhile a seeded injector, every 6-15 s, does one of: SIGKILL a dispatcher
-(restarted 2-6 s later), SIGKILL a Ray worker process (a task or a Train/Tune actor), SIGKILL the API
-(restarted 1-3 s later), stop PostgreSQL for 3-10 s, or cancel a random unfinished job. After M minutes
-the submissions and faults stop, everything dead is restarted and the soak waits for every job to end.
+jobs (train on Ray Train, ``ray_task``, search, study; R a minute, default 3) to a private PostgreSQL
+server through the REST API, served by D dispatchers (default 3) on a Ray cluster of two nodes (a head
+and a worker, ``ray start`` processes of our own). Meanwhile a seeded injector, every 6-15 s, does one
+of: SIGKILL a dispatcher (restarted 2-6 s later), SIGKILL a Ray worker process (a task or a Train/Tune
+actor), SIGKILL the API (restarted 1-3 s later), stop PostgreSQL for 3-10 s, or cancel a random
+unfinished job. After M minutes the submissions and faults stop, everything dead is restarted and the
+soak waits for every job to end.
 
 Then, from the database and the artifact store:
 - none lost: every job the API accepted (201) is in the database; every job is terminal;
@@ -149,6 +150,7 @@ class Soak:
     minutes: float
     dispatchers: int
     work: Path
+    jobs_per_minute: float = 3.0
     rng: random.Random = field(init=False)
     submitted: list[dict[str, Any]] = field(default_factory=list)
     refused: Counter[str] = field(default_factory=Counter)
@@ -237,7 +239,8 @@ class Soak:
                 tenant = self.rng.choice(list(TENANTS))
                 kind = self.rng.choices(KINDS, weights=[4, 4, 1, 1])[0]
                 spec = job_spec(kind, self.rng, n)
-                pause = self.rng.uniform(3, 8)
+                mean_pause = 60.0 / self.jobs_per_minute
+                pause = self.rng.uniform(0.5 * mean_pause, 1.5 * mean_pause)
             n += 1
             key = uuid.uuid4().hex  # the same key on every retry: a retried submit is never a second job
             response = self._post("POST", "/v1/jobs", tenant, json=spec, headers={"Idempotency-Key": key})
@@ -370,6 +373,7 @@ class Soak:
                     "quotas_held": self._quotas(jobs, events),
                 }
                 attempts = sum(j.attempts for j in jobs.values())
+                timings = self._timings(jobs)
         finally:
             db.dispose()
         return {
@@ -379,8 +383,35 @@ class Soak:
             "attempts": attempts,
             "refused_submits": dict(self.refused),
             "faults": dict(self.faults),
+            "seconds_by_kind": timings,
             "invariants": {name: {"held": not bad, "counterexamples": bad[:10]} for name, bad in results.items()},
         }
+
+    @staticmethod
+    def _timings(jobs: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """Per kind: mean and max seconds queued (submit to first start) and running (first start to end);
+        a job cancelled before it started counts only in ``queued``."""
+        waits: dict[str, list[float]] = defaultdict(list)
+        runs: dict[str, list[float]] = defaultdict(list)
+        for j in jobs.values():
+            kind = "ray_task" if (j.spec.get("resources") or {}).get("executor") == "ray_task" else j.kind
+            end = j.finished_at
+            if j.started_at is not None:
+                waits[kind].append((j.started_at - j.created_at).total_seconds())
+                if end is not None:
+                    runs[kind].append((end - j.started_at).total_seconds())
+            elif end is not None:
+                waits[kind].append((end - j.created_at).total_seconds())
+        out = {}
+        for kind in sorted(waits):
+            w, r = waits[kind], runs.get(kind, [])
+            out[kind] = {
+                "queued_mean": round(sum(w) / len(w), 1),
+                "queued_max": round(max(w), 1),
+                "run_mean": round(sum(r) / len(r), 1) if r else float("nan"),
+                "run_max": round(max(r), 1) if r else float("nan"),
+            }
+        return out
 
     def _none_lost(self, jobs: dict[str, Any]) -> list[str]:
         return [s["id"] for s in self.submitted if s["id"] not in jobs]
@@ -487,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dispatchers", type=int, default=3)
+    parser.add_argument(
+        "--jobs-per-minute", type=float, default=3.0, help="mean submission rate (the queue drains after the soak)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -499,12 +533,18 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
 
     with tempfile.TemporaryDirectory(prefix="fsg-chaos-") as tmp:
-        soak = Soak(args.seed, args.minutes, args.dispatchers, Path(tmp))
+        soak = Soak(args.seed, args.minutes, args.dispatchers, Path(tmp), args.jobs_per_minute)
         try:
             soak.up()
             log(f"up: API {soak.url}, {args.dispatchers} dispatchers, 2 Ray nodes, PostgreSQL :{soak.pg.port}")
             run = soak.run(log)
-            report = {"seed": args.seed, "minutes": args.minutes, "dispatchers": args.dispatchers, **run}
+            report = {
+                "seed": args.seed,
+                "minutes": args.minutes,
+                "dispatchers": args.dispatchers,
+                "jobs_per_minute": args.jobs_per_minute,
+                **run,
+            }
             report |= soak.check()
         finally:
             soak.down()

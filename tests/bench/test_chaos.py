@@ -4,7 +4,6 @@ the whole service under faults holds every invariant."""
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace as Row
@@ -60,6 +59,23 @@ def test_a_tenant_over_its_max_running_is_found() -> None:
     assert chaos.Soak._quotas(jobs, overlapping) == ["tenant a: 2 jobs claimed at once, max_running 1"]
 
 
+def test_timings_split_queueing_from_running_and_count_ray_tasks_apart() -> None:
+    jobs = {
+        "t": Row(kind="train", spec={}, created_at=at(0), started_at=at(4), finished_at=at(34)),
+        "r": Row(
+            kind="train",
+            spec={"resources": {"executor": "ray_task"}},
+            created_at=at(0),
+            started_at=at(1),
+            finished_at=at(11),
+        ),
+        "c": Row(kind="train", spec={}, created_at=at(0), started_at=None, finished_at=at(2)),  # cancelled queued
+    }
+    timings = chaos.Soak._timings(jobs)
+    assert timings["ray_task"] == {"queued_mean": 1.0, "queued_max": 1.0, "run_mean": 10.0, "run_max": 10.0}
+    assert timings["train"] == {"queued_mean": 3.0, "queued_max": 4.0, "run_mean": 30.0, "run_max": 30.0}
+
+
 @pytest.mark.parametrize("kind", chaos.KINDS)
 def test_every_job_of_the_mix_is_a_valid_small_spec(kind: str) -> None:
     import random
@@ -74,10 +90,6 @@ def test_every_job_of_the_mix_is_a_valid_small_spec(kind: str) -> None:
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(900)
-@pytest.mark.skipif(
-    os.environ.get("FSG_CHAOS_SOAK") != "1",
-    reason="the 2-minute soak is not yet part of make test (issue #12): FSG_CHAOS_SOAK=1 runs it",
-)
 def test_a_two_minute_soak_holds_every_invariant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     try:
         PrivatePostgres().close()
