@@ -26,10 +26,10 @@ the escaped metadata) and ``extra``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,7 @@ from fsg_core.binary import Binarizer, BinaryLayer, binary_layers
 from fsg_core.errors import NonRetryableError
 from fsg_core.estimators import UnknownEstimatorError, build_estimator, get
 from fsg_core.estimators.base import Estimator
+from fsg_core.files import write_atomic
 from fsg_core.models import LayerFactory, UnknownModelError, build_model
 
 __all__ = [
@@ -78,10 +79,13 @@ class PackedModel:
         model: the network in eval mode, binary weights frozen to ±1 (±a for bwn), activations
             binarized as in training.
         header: the file's ``"fsg"`` metadata.
+        binary: per binary layer, its ±1 signs (float32, the layer's weight shape) and its scale
+            (``()`` or ``(C_out,)``, None without one), as stored: ``weight == signs * scale``.
     """
 
     model: nn.Module
     header: dict[str, Any]
+    binary: dict[str, tuple[Tensor, Tensor | None]] = dataclasses.field(default_factory=dict)
 
     @property
     def binary_names(self) -> set[str]:
@@ -203,20 +207,6 @@ def _effective_weights(layers: list[tuple[str, BinaryLayer]]) -> dict[str, tuple
     return out
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_packed(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -321,7 +311,7 @@ def save_packed(
         "extra": extra or {},
     }
     data = serialize(tensors, metadata={_META_KEY: json.dumps(header, separators=(",", ":"))})
-    _write_atomic(path, data)
+    write_atomic(path, data)
     return len(data)
 
 
@@ -371,7 +361,10 @@ def _layer_entries(header: dict[str, Any], path: Path) -> list[tuple[str, list[i
     return [(name, shape, has_scale) for name, shape, has_scale in entries]
 
 
-def _binary_weight(tensors: dict[str, Tensor], name: str, shape: list[int], has_scale: bool, path: Path) -> Tensor:
+def _binary_weight(
+    tensors: dict[str, Tensor], name: str, shape: list[int], has_scale: bool, path: Path
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The layer's ±1 signs, its scale (None without one) and the weight they make."""
     bits = _take(tensors, f"{name}.bits", path)
     n = math.prod(shape)
     if bits.dtype != torch.uint8 or bits.dim() != 1 or bits.numel() != (n + 7) // 8:
@@ -381,12 +374,15 @@ def _binary_weight(tensors: dict[str, Tensor], name: str, shape: list[int], has_
         )
     if n % 8 and int(bits[-1]) & ((1 << (8 - n % 8)) - 1):
         raise PackedFormatError(f"{path}: bit tensor {name}.bits has non-zero padding bits")
-    weight = unpack_signs(bits, shape)
-    if has_scale:
-        scale = _take(tensors, f"{name}.scale", path).float()
-        # Same product as ``binary_weight()`` (signs * scale), so the values are bit-identical.
-        weight = weight * (scale.view(-1, *([1] * (len(shape) - 1))) if scale.dim() else scale)
-    return weight
+    signs = unpack_signs(bits, shape)
+    if not has_scale:
+        return signs, None, signs
+    scale = _take(tensors, f"{name}.scale", path).float()
+    if scale.dim() > 1 or (scale.dim() == 1 and scale.numel() != shape[0]):
+        raise PackedFormatError(f"{path}: {name}.scale has shape {list(scale.shape)}, expected [] or [{shape[0]}]")
+    # Same product as ``binary_weight()`` (signs * scale), so the values are bit-identical.
+    weight = signs * (scale.view(-1, *([1] * (len(shape) - 1))) if scale.dim() else scale)
+    return signs, scale, weight
 
 
 def load_packed(path: str | os.PathLike[str]) -> PackedModel:
@@ -431,8 +427,10 @@ def load_packed(path: str | os.PathLike[str]) -> PackedModel:
         raise PackedFormatError(f"{path}: binary layers {found} do not match {header['arch']!r}'s {expected}")
 
     state: dict[str, Tensor] = {}
+    binary: dict[str, tuple[Tensor, Tensor | None]] = {}
     for name, shape, has_scale in entries:
-        state[f"{name}.weight"] = _binary_weight(tensors, name, shape, has_scale, path)
+        signs, scale, state[f"{name}.weight"] = _binary_weight(tensors, name, shape, has_scale, path)
+        binary[name] = (signs, scale)
     for bn in _stackable_bns(model):
         stacked = _take(tensors, bn + _BN_SUFFIX, path).float()
         if stacked.dim() != 2 or stacked.shape[0] != len(_BN_FIELDS):
@@ -452,4 +450,4 @@ def load_packed(path: str | os.PathLike[str]) -> PackedModel:
     for _, layer in binary_layers(model):
         layer.binarize_weights = False
     model.requires_grad_(False)
-    return PackedModel(model=model.eval(), header=header)
+    return PackedModel(model=model.eval(), header=header, binary=binary)

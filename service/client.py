@@ -152,7 +152,8 @@ class Client:
         return self._json("GET", "/healthz")
 
     def download(self, job_id: str, dest: str | Path, *, checkpoint: str = "latest", fmt: str = "packed") -> Path:
-        """Stream a checkpoint (``packed`` 1-bit model or ``full`` training state) to ``dest``."""
+        """Stream a checkpoint (``packed`` 1-bit model, ``onnx`` export of it, or ``full`` training state) to
+        ``dest``."""
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")

@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from fsg_core.files import write_atomic
 
 __all__ = ["ArtifactNotFound", "Storage", "confine", "write_text_atomic"]
 
@@ -64,18 +65,8 @@ def confine(path: str | os.PathLike[str], roots: Sequence[str | os.PathLike[str]
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` atomically (``fsg_core.files.write_atomic``): readers see old or new, never half."""
+    write_atomic(path, text)
 
 
 class Storage:

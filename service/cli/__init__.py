@@ -7,6 +7,7 @@ import typer
 
 from service.cli import compare as _compare
 from service.cli import db as _db
+from service.cli import export as _export
 from service.cli import jobs as _jobs
 from service.cli import server as _server
 from service.cli import study as _study
@@ -20,7 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-for _module in (_train, _server, _jobs, _study, _compare, _tokens, _tenants, _db):
+for _module in (_train, _export, _server, _jobs, _study, _compare, _tokens, _tenants, _db):
     _module.register(app)
 
 __all__ = ["app"]

@@ -327,18 +327,24 @@ def logs(
         _fail(exc)
 
 
+_DOWNLOAD_SUFFIX = {"packed": "packed.safetensors", "onnx": "onnx", "full": "checkpoint.pt"}
+
+
 def download(
     job_id: str,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="destination file")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="packed (1-bit model) or full (training state)")] = "packed",
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="packed (1-bit model), onnx (the packed model as ONNX) or full (training state)"),
+    ] = "packed",
     checkpoint: Annotated[str, typer.Option(help="checkpoint id, or latest")] = "latest",
 ) -> None:
     """Download a job's checkpoint."""
     from service.client import ApiError
 
-    if fmt not in ("packed", "full"):
-        _fail(ValueError("--format must be packed or full"))
-    dest = out or Path(f"{job_id}.{'packed.safetensors' if fmt == 'packed' else 'checkpoint.pt'}")
+    if fmt not in _DOWNLOAD_SUFFIX:
+        _fail(ValueError(f"--format must be one of {', '.join(_DOWNLOAD_SUFFIX)}"))
+    dest = out or Path(f"{job_id}.{_DOWNLOAD_SUFFIX[fmt]}")
     try:
         path = _client().download(job_id, dest, checkpoint=checkpoint, fmt=fmt)
     except ApiError as exc:

@@ -24,6 +24,9 @@ class CheckpointRead(ReadModel):
     created_at: UtcDatetime
     full_url: str | None = Field(None, description="download of the training state; null if none was written")
     packed_url: str | None = Field(None, description="download of the packed model; null if none was written")
+    onnx_url: str | None = Field(
+        None, description="download of the packed model as ONNX (made on first request); null without a packed model"
+    )
 
     @classmethod
     def from_row(cls, row: Any, job_id: str) -> CheckpointRead:
@@ -31,6 +34,7 @@ class CheckpointRead(ReadModel):
         out = cls.model_validate(row)
         out.full_url = f"{base}?format=full" if row.full_path else None
         out.packed_url = f"{base}?format=packed" if row.packed_path else None
+        out.onnx_url = f"{base}?format=onnx" if row.packed_path else None
         return out
 
 

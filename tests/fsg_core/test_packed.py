@@ -31,7 +31,7 @@ from fsg_core.packed import (
 SIDE = 8  # smallest input every architecture accepts (VGG-small pools three times); keeps tests fast
 
 
-def _train(
+def trained_binary_model(
     arch: str = "resnet20",
     *,
     forward: str = "dorefa",
@@ -117,7 +117,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_round_trip_logits_are_equal(case: str, tmp_path: Path) -> None:
-    model, settings = _train(**CASES[case])
+    model, settings = trained_binary_model(**CASES[case])
     path = tmp_path / "model.fsg"
     written = save_packed(model, path, **settings, extra={"case": case})
 
@@ -143,7 +143,7 @@ def test_round_trip_logits_are_equal(case: str, tmp_path: Path) -> None:
 
 
 def test_biper_bits_are_sign_of_sin_not_sign_of_weight(tmp_path: Path) -> None:
-    model, settings = _train(estimator="biper")
+    model, settings = trained_binary_model(estimator="biper")
     save_packed(model, tmp_path / "m.fsg", **settings)
     name, layer = next(binary_layers(model))
     omega = layer.estimator.params.omega  # type: ignore[union-attr]
@@ -156,7 +156,7 @@ def test_biper_bits_are_sign_of_sin_not_sign_of_weight(tmp_path: Path) -> None:
 
 def test_fp16_storage_is_smaller_and_close(tmp_path: Path) -> None:
     # Binary activations would turn fp16 rounding into sign flips; W1A32 keeps the comparison smooth.
-    model, settings = _train(keep_first_last_fp=True)
+    model, settings = trained_binary_model(keep_first_last_fp=True)
     fp32_bytes = save_packed(model, tmp_path / "fp32.fsg", **settings)
     fp16_bytes = save_packed(model, tmp_path / "fp16.fsg", **settings, fp16=True)
     packed = load_packed(tmp_path / "fp16.fsg")
@@ -177,7 +177,7 @@ def test_pack_signs_bit_order_on_a_known_tensor() -> None:
 
 
 def test_resnet20_size_is_at_most_a_21st_of_fp32(tmp_path: Path) -> None:
-    model, settings = _train("resnet20", num_classes=10, in_channels=3)
+    model, settings = trained_binary_model("resnet20", num_classes=10, in_channels=3)
     path = tmp_path / "r20.fsg"
     packed_bytes = save_packed(model, path, **settings)
     fp32_bytes = state_dict_bytes(model)
@@ -192,14 +192,14 @@ def test_resnet20_size_is_at_most_a_21st_of_fp32(tmp_path: Path) -> None:
 
 
 def test_state_dict_bytes_is_the_size_of_the_fp32_safetensors_file(tmp_path: Path) -> None:
-    model, _ = _train()
+    model, _ = trained_binary_model()
     state = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     save_file(state, tmp_path / "fp32.safetensors")
     assert state_dict_bytes(model) == os.stat(tmp_path / "fp32.safetensors").st_size
 
 
 def test_save_rejects_settings_that_contradict_the_model(tmp_path: Path) -> None:
-    model, settings = _train(keep_first_last_fp=True)
+    model, settings = trained_binary_model(keep_first_last_fp=True)
     with pytest.raises(ValueError, match="keep_first_last_fp"):
         save_packed(model, tmp_path / "a.fsg", **{**settings, "binarize": {"keep_first_last_fp": False}})
     with pytest.raises(ValueError, match="act_estimator"):
@@ -216,7 +216,7 @@ def test_save_rejects_settings_that_contradict_the_model(tmp_path: Path) -> None
 
 @pytest.fixture(scope="module")
 def packed_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model, settings = _train()
+    model, settings = trained_binary_model()
     path = tmp_path_factory.mktemp("packed") / "good.fsg"
     save_packed(model, path, **settings)
     return path

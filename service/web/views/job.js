@@ -81,6 +81,11 @@ export function jobView(root, { params: [jobId], signal }) {
     { class: "btn", disabled: true, dataset: { testid: "download-packed" }, onclick: () => fetchFile("packed") },
     "↓ Packed model",
   );
+  const onnx = h(
+    "button",
+    { class: "btn", disabled: true, dataset: { testid: "download-onnx" }, onclick: () => fetchFile("onnx") },
+    "↓ ONNX",
+  );
   const full = h(
     "button",
     { class: "btn", disabled: true, dataset: { testid: "download-full" }, onclick: () => fetchFile("full") },
@@ -170,7 +175,7 @@ export function jobView(root, { params: [jobId], signal }) {
       "div",
       { class: "page-head" },
       h("div", {}, h("h1", { class: "job-title" }, title, state, live), subtitle),
-      h("div", { class: "page-actions" }, confirm, cancel, studyLink, packed, full, ray),
+      h("div", { class: "page-actions" }, confirm, cancel, studyLink, packed, onnx, full, ray),
     ),
     error.el,
     note.el,
@@ -479,8 +484,12 @@ export function jobView(root, { params: [jobId], signal }) {
   async function loadCheckpoints() {
     checkpoints = await api(`${base}/checkpoints`, { signal });
     packed.disabled = !checkpoints.some((c) => c.packed_url);
+    onnx.disabled = !checkpoints.some((c) => c.onnx_url);
     full.disabled = !checkpoints.some((c) => c.full_url);
     packed.title = packed.disabled ? "no packed model yet" : "the latest packed 1-bit model (.safetensors)";
+    onnx.title = onnx.disabled
+      ? "no packed model yet"
+      : "the latest packed model as ONNX, for ONNX Runtime, TensorRT or OpenVINO (made on the first download)";
     full.title = full.disabled ? "no checkpoint yet" : "the latest resumable training state";
   }
 
@@ -589,12 +598,13 @@ export function jobView(root, { params: [jobId], signal }) {
   }
 
   async function fetchFile(format) {
-    const button = format === "packed" ? packed : full;
+    const button = { packed, onnx, full }[format];
     const label = button.textContent;
     button.disabled = true;
     button.textContent = "Downloading…";
     try {
-      const file = await download(`${base}/checkpoints/latest?format=${format}`, `${id}.${format}`);
+      const suffix = { packed: "packed.safetensors", onnx: "onnx", full: "full" }[format];
+      const file = await download(`${base}/checkpoints/latest?format=${format}`, `${id}.${suffix}`);
       note.el.dataset.about = "download";
       note.show(`Downloaded ${file.name} (${bytes(file.size)}).`);
     } catch (err) {

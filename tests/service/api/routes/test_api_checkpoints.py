@@ -114,3 +114,75 @@ def test_bad_checkpoint_reference_is_422(
     response = client.get(f"/v1/jobs/{job['id']}/checkpoints/{suffix}", headers=auth)
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == loc
+
+
+def test_onnx_download_is_exported_once_cached_and_loads_in_onnx_runtime(
+    client: TestClient,
+    auth: dict[str, str],
+    other_auth: dict[str, str],
+    submit: Any,
+    worker: Any,
+    artifacts: Any,
+) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+    import torch
+
+    from fsg_core.packed import load_packed
+
+    job = submit(name="edge model")
+    worker.start(job["id"])
+    packed, full = artifacts(job["id"], 2)
+    ckpt = worker.checkpoint(job["id"], epoch=2, packed=packed, full=full)
+    listed = client.get(f"/v1/jobs/{job['id']}/checkpoints", headers=auth).json()
+    assert listed[0]["onnx_url"] == f"/v1/jobs/{job['id']}/checkpoints/{ckpt}?format=onnx"
+    url = f"/v1/jobs/{job['id']}/checkpoints/{ckpt}?format=onnx"
+    assert client.get(url, headers=other_auth).status_code == 404  # another tenant's job: not even exported
+    assert not list(packed.parent.glob("*.onnx"))
+
+    first = client.get(url, headers=auth)
+    assert first.status_code == 200 and first.headers["content-type"] == "application/octet-stream"
+    assert first.headers["content-disposition"].endswith(f'edge_model-{job["id"][:8]}-binary-e2.onnx"')
+    cached = packed.parent / "model.onnx"
+    assert cached.read_bytes() == first.content  # kept beside the packed file
+    stamp = cached.stat().st_mtime_ns
+    second = client.get(f"/v1/jobs/{job['id']}/checkpoints/latest?format=onnx", headers=auth)
+    assert second.content == first.content and cached.stat().st_mtime_ns == stamp  # served from the cache
+
+    session = ort.InferenceSession(first.content, providers=["CPUExecutionProvider"])
+    images = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        want = load_packed(packed).model((images - 0.5) / 0.25).numpy()
+    (got,) = session.run(["logits"], {"image": images.numpy()})
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
+
+
+def test_an_unreadable_packed_file_is_a_clear_500_and_no_onnx_file(
+    client: TestClient, auth: dict[str, str], submit: Any, worker: Any, artifacts: Any
+) -> None:
+    job = submit()
+    worker.start(job["id"])
+    packed, full = artifacts(job["id"], 1)
+    packed.write_bytes(packed.read_bytes()[:100])
+    ckpt = worker.checkpoint(job["id"], epoch=1, packed=packed, full=full)
+    response = client.get(f"/v1/jobs/{job['id']}/checkpoints/{ckpt}?format=onnx", headers=auth)
+    assert response.status_code == 500
+    detail = response.json()["detail"]
+    assert detail == f"the packed file of checkpoint {ckpt} is not readable, so it cannot be exported"
+    assert str(packed) not in response.text
+    assert sorted(p.name for p in packed.parent.iterdir()) == ["checkpoint.pt", "model.packed.safetensors"]
+
+
+def test_without_the_export_extra_onnx_is_501_naming_it(
+    client: TestClient, auth: dict[str, str], submit: Any, worker: Any, artifacts: Any, monkeypatch: Any
+) -> None:
+    import sys
+
+    job = submit()
+    worker.start(job["id"])
+    packed, full = artifacts(job["id"], 1)
+    ckpt = worker.checkpoint(job["id"], epoch=1, packed=packed, full=full)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    response = client.get(f"/v1/jobs/{job['id']}/checkpoints/{ckpt}?format=onnx", headers=auth)
+    assert response.status_code == 501 and "fsg[export]" in response.json()["detail"]
+    assert client.get(f"/v1/jobs/{job['id']}/checkpoints/{ckpt}", headers=auth).status_code == 200  # packed still
