@@ -18,6 +18,7 @@ import ray.tune
 from service.schemas.jobs import JobSpec, StudyVariant, pretraining_spec, study_trial_spec
 from workers.attempt import AttemptContext, AttemptStore
 from workers.train_driver import build_trainer
+from workers.tune_driver import tune_trainable
 
 __all__ = ["pretrain_key", "run_study", "trial_key"]
 
@@ -63,8 +64,7 @@ def _grid(ctx: AttemptContext, spec: JobSpec, name: str, function: Any, configs:
     """Run ``function`` over ``configs`` on Tune (a grid), at most ``max_concurrent_trials`` at once."""
     assert spec.study is not None
     tuner = ray.tune.Tuner(
-        # The trial only waits on its TorchTrainer, whose workers hold the CPUs.
-        ray.tune.with_resources(function, {"CPU": 0.01}),
+        tune_trainable(ctx, name, function),
         param_space={"point": ray.tune.grid_search(configs)},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=spec.study.max_concurrent_trials),
         run_config=ray.tune.RunConfig(name=f"{ctx.job_id}-{name}", storage_path=ctx.ray_storage),

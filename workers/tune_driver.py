@@ -19,7 +19,22 @@ from service.schemas.jobs import Choice, JobSpec, LogUniform, RandInt, SearchSpe
 from workers.attempt import AttemptContext, AttemptStore
 from workers.train_driver import build_trainer
 
-__all__ = ["param_space", "run_search", "trial_score"]
+__all__ = ["param_space", "run_search", "trial_score", "tune_trainable"]
+
+
+def tune_trainable(ctx: AttemptContext, role: str, function: Any) -> Any:
+    """``function`` as a Tune trainable registered under a name of its own: ``fsg-<job>-a<attempt>-<role>``.
+
+    Tune registers a function trainable under its ``__name__`` in one registry per Ray driver, and a
+    trial actor (re)started later looks its function up by that name. A dispatcher is one driver
+    running many jobs: two searches or studies at once, both with a function called ``trial``, would
+    each overwrite the other's, and a trial restarted after a fault ran the other job's function with
+    its own config (found by ``bench.chaos``: a study's trials failing, and recorded, inside a search).
+    """
+    name = f"fsg-{ctx.job_id}-a{ctx.attempt}-{role}"
+    function.__name__ = function.__qualname__ = name
+    # The trial itself only waits on its TorchTrainer, whose workers hold the CPUs.
+    return ray.tune.with_resources(function, {"CPU": 0.01})
 
 
 def param_space(search: SearchSpec) -> dict[str, Any]:
@@ -76,8 +91,7 @@ def run_search(ctx: AttemptContext, spec: JobSpec, store: AttemptStore) -> dict[
     assert spec.search is not None
     search = spec.search
     tuner = ray.tune.Tuner(
-        # The trial itself only waits on its TorchTrainer, whose workers hold the CPUs.
-        ray.tune.with_resources(_trial_function(ctx, spec, store), {"CPU": 0.01}),
+        tune_trainable(ctx, "trial", _trial_function(ctx, spec, store)),
         param_space=param_space(search),
         tune_config=ray.tune.TuneConfig(
             num_samples=search.num_samples,

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
 from ray.tune.search.sample import Categorical, Float, Integer
 
 from service.schemas.jobs import JobSpec
-from workers.tune_driver import param_space
+from workers.attempt import AttemptContext
+from workers.tune_driver import param_space, tune_trainable
 
 
 def test_param_space_maps_every_dimension() -> None:
@@ -34,3 +41,40 @@ def test_param_space_maps_every_dimension() -> None:
     assert isinstance(history, Integer) and (history.lower, history.upper) == (2, 6)
     assert isinstance(space["estimator.update"], Categorical)
     assert space["seed"] == {"grid_search": [0, 1]}
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_concurrent_tune_runs_of_one_driver_keep_their_own_functions(ray_head: Any, tmp_path: Path) -> None:
+    """Two jobs' Tune runs in one dispatcher (one Ray driver), each with a function named ``trial``: the
+    first's trials launched after the second run registered its function still run the first's (Tune
+    looks a trial's function up by name; ``bench.chaos`` once saw a study's trials run a search's)."""
+    import ray.tune
+
+    def context(job_id: str) -> AttemptContext:
+        return AttemptContext(job_id=job_id, attempt=1, spec={}, database_url="sqlite://", artifacts_dir=str(tmp_path))
+
+    def job_function(tag: str) -> Any:
+        def trial(config: dict[str, Any]) -> None:  # the name every search and study trial function has
+            (tmp_path / f"{tag}-{config['i']}").write_text(tag)
+            time.sleep(1.0)
+
+        return trial
+
+    def tuner(job_id: str, n: int) -> Any:
+        return ray.tune.Tuner(
+            tune_trainable(context(job_id), "trial", job_function(job_id)),
+            param_space={"i": ray.tune.grid_search(list(range(n)))},
+            tune_config=ray.tune.TuneConfig(max_concurrent_trials=1),
+            run_config=ray.tune.RunConfig(name=job_id, storage_path=str(tmp_path / "ray")),
+        )
+
+    first = threading.Thread(target=lambda: tuner("first", 3).fit())
+    first.start()
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "first-0").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    tuner("second", 1).fit()  # registers its own function while the first run still has trials to start
+    first.join(timeout=180)
+    ran = {p.name: p.read_text() for p in tmp_path.iterdir() if p.is_file()}
+    assert ran == {"first-0": "first", "first-1": "first", "first-2": "first", "second-0": "second"}
