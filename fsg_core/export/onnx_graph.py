@@ -282,10 +282,9 @@ def _weighted(
     name = str(node.target)
     binary = name in low.binary and isinstance(m, BinaryLayer)
     channels = _shape(node)[1]
+    if isinstance(m, BinaryLayer) and m.binarize_activations and m.act_estimator is not None:
+        x = low.sign(x, m.act_estimator)
     if binary:
-        assert isinstance(m, BinaryLayer)
-        if m.binarize_activations and m.act_estimator is not None:
-            x = low.sign(x, m.act_estimator)
         signs, scale = low.binary[name]
         weight = low.const(f"{name}.signs", signs.numpy())
         b = np.zeros(channels, np.float32) if m.bias is None else m.bias.detach().float().numpy()

@@ -90,7 +90,8 @@ def test_onnx_runtime_gives_load_packeds_logits(case: str, fp16: bool, tmp_path:
     onnx.checker.check_model(str(out), full_check=True)
     session = _session(out)
     for batch in (1, 7):  # one dynamic batch axis serves both
-        assert _max_rel_diff(session, packed, settings, batch) <= (1e-2 if fp16 else 1e-5)
+        # 1e-5 with --fp16 too (1e-2 was the bound asked): only exact values are stored in float16
+        assert _max_rel_diff(session, packed, settings, batch) <= 1e-5
 
     graph = onnx.load(str(out)).graph
     assert {n.op_type for n in graph.node} <= INFERENCE_OPS

@@ -233,6 +233,10 @@ def test_the_job_page_plots_one_point_per_finished_epoch_and_resumes_its_stream(
     packed = max((c for c in client.checkpoints(job_id) if c["packed_bytes"]), key=lambda c: c["id"])
     assert download.value.suggested_filename.endswith(".packed.safetensors")
     assert Path(download.value.path()).stat().st_size == packed["packed_bytes"]
+    with page.expect_download() as onnx_download:
+        page.get_by_test_id("download-onnx").click()
+    assert onnx_download.value.suggested_filename.endswith(f"-e{packed['epoch']}.onnx")
+    assert Path(onnx_download.value.path()).read_bytes() == client.http.get(packed["onnx_url"]).content
     screenshot(page, "job")
 
 
