@@ -59,6 +59,7 @@ class Attempt:
     last_renewal: datetime
     stopping: policy.Outcome | None = None  # set when we asked Ray to stop it (cancel or timeout)
     stop_sent_at: float | None = None
+    launched_ns: int = 0  # wall clock just before the launch: what it creates on Ray is newer
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -166,6 +167,20 @@ class Dispatcher:
         if time.monotonic() - self._last_reap >= self.settings.lease_s / 2:
             self.reap()
             self.refuse_unfittable()
+            self.release_leaked()
+
+    def release_leaked(self) -> list[str]:
+        """Free what ended attempts of this dispatcher left on Ray: placement groups older than every live
+        attempt (a killed attempt's Train and Tune runs never remove theirs; ``Runner.release_leaked``)."""
+        oldest_live = min((a.launched_ns for a in self.attempts.values()), default=time.time_ns())
+        try:
+            released = self._runner.release_leaked(oldest_live)
+        except Exception:  # noqa: BLE001 - Ray's state API briefly away: try again next time
+            log.warning("could not list Ray's placement groups; trying again later", exc_info=True)
+            return []
+        if released:
+            log.warning("released %d placement group(s) that ended attempts left behind", len(released))
+        return released
 
     def _totals(self) -> tuple[float, float] | None:
         try:
@@ -271,6 +286,7 @@ class Dispatcher:
             db_outage_s=self.settings.db_outage_s,
         )
         holds = spec.resources.executor == "ray_task"  # the task is the worker: it holds the job's resources
+        launched_ns = time.time_ns()
         ref = self._runner.start(  # raises for options Ray refuses: dispatch() settles it
             ctx,
             name=f"fsg-job-{job.id}-attempt-{number}",
@@ -278,7 +294,9 @@ class Dispatcher:
             num_gpus=(1 if spec.resources.use_gpu else 0) if holds else None,
         )
         now = utcnow()
-        self.attempts[job.id] = Attempt(job.id, number, ref, job.cpus, job.gpus, now, job.timeout_s, now)
+        self.attempts[job.id] = Attempt(
+            job.id, number, ref, job.cpus, job.gpus, now, job.timeout_s, now, launched_ns=launched_ns
+        )
         url = self._runner.run_url(ref)
         with self.db.write() as session:
             records.set_run_url(session, job.id, url)

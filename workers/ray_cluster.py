@@ -34,6 +34,38 @@ class RayCluster:
         resources = ray.cluster_resources()
         return float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
 
+    def release_placement_groups(self, created_before_ns: int) -> list[str]:
+        """Remove this driver's placement groups created before ``created_before_ns`` (wall clock, ns);
+        the ids removed.
+
+        Why: a placement group lives as long as the Ray *job* that created it, not the task. Every attempt
+        runs as a task of the dispatcher's job, and its Ray Train and Tune runs create placement groups
+        there; when the attempt's process is killed (a cancel, a timeout, a lost worker) their cleanup
+        never runs and the groups hold their CPUs until the dispatcher exits. Two such leaks, one bundle
+        per node, once left no node with a whole CPU, and a 1-CPU job waited forever (``bench.chaos``).
+        The dispatcher calls this with the launch time of its oldest live attempt: a group older than
+        every live attempt belongs to none of them.
+        """
+        from ray.util.placement_group import PlacementGroup, remove_placement_group
+        from ray.util.state import list_placement_groups
+
+        context = ray.get_runtime_context()
+        groups = list_placement_groups(
+            address=context.gcs_address,  # this cluster's, even where a machine runs several
+            filters=[("creator_job_id", "=", context.get_job_id())],
+            detail=True,
+            limit=10_000,
+            raise_on_missing_output=False,
+        )
+        released = []
+        for group in groups:
+            created = int((group.stats or {}).get("creation_request_received_ns") or 0)
+            if group.state in ("REMOVED",) or group.is_detached or not 0 < created < created_before_ns:
+                continue
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group.placement_group_id)))
+            released.append(group.placement_group_id)
+        return released
+
     def task_url(self, task_id: str) -> str | None:
         """The dashboard page of one of this driver's tasks (an attempt: its state, its logs, and the Ray
         Train or Tune actors it started), under the driver's Ray job."""

@@ -64,6 +64,11 @@ class Runner(Protocol):
         """Where an operator watches the launched attempt ``handle`` (None without a dashboard)."""
         ...
 
+    def release_leaked(self, created_before_ns: int) -> list[str]:
+        """Free what ended attempts left holding resources (placement groups) created before
+        ``created_before_ns``; what was freed."""
+        ...
+
 
 class RayRunner:
     """Attempts as Ray tasks on the cluster ``connect`` joined or started."""
@@ -110,3 +115,6 @@ class RayRunner:
 
     def run_url(self, handle: Any) -> str | None:
         return self.cluster.task_url(handle.task_id().hex())
+
+    def release_leaked(self, created_before_ns: int) -> list[str]:
+        return self.cluster.release_placement_groups(created_before_ns)

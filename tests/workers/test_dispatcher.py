@@ -4,6 +4,7 @@ retries that job alone, and the loop goes on."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -37,6 +38,8 @@ class ScriptedRunner:
     launched: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     started_here: bool = False
+    releases: list[int] = field(default_factory=list)  # created_before_ns of each release_leaked call
+    release_error: BaseException | None = None
 
     def start(self, ctx: Any, *, name: str, num_cpus: float | None, num_gpus: float | None) -> str:
         for fragment, error in self.refuse.items():
@@ -68,6 +71,12 @@ class ScriptedRunner:
 
     def run_url(self, handle: str) -> str:
         return f"http://ray/#/jobs/01000000/tasks/task-of-{handle}-{self.launched.count(handle)}"
+
+    def release_leaked(self, created_before_ns: int) -> list[str]:
+        self.releases.append(created_before_ns)
+        if self.release_error is not None:
+            raise self.release_error
+        return ["pg"]
 
 
 @pytest.fixture
@@ -372,3 +381,24 @@ def test_shutdown_gives_running_jobs_back_without_counting_the_attempt(
     assert sorted(runner.cancelled) == sorted([running, cancelling])
     assert state(dispatcher, running)[0::2] == ("queued", 0)
     assert state(dispatcher, cancelling)[0] == "cancelled"
+
+
+def test_only_placement_groups_older_than_every_live_attempt_are_released(
+    dispatcher: Dispatcher, runner: ScriptedRunner
+) -> None:
+    before = time.time_ns()
+    assert dispatcher.release_leaked() == ["pg"] and runner.releases[-1] >= before  # no attempt: all of ours
+    first = submit(dispatcher)
+    dispatcher.tick()
+    second = submit(dispatcher)
+    dispatcher.tick()
+    launched = {job: dispatcher.attempts[job].launched_ns for job in (first, second)}
+    assert before <= launched[first] <= launched[second]
+    dispatcher.release_leaked()
+    assert runner.releases[-1] == launched[first]  # a group newer than the oldest live attempt may be its own
+    runner.results[first] = {"best_val_acc": 0.5}
+    dispatcher.tick()
+    dispatcher.release_leaked()
+    assert runner.releases[-1] == launched[second]
+    runner.release_error = ConnectionError("the dashboard is restarting")
+    assert dispatcher.release_leaked() == []  # logged; the next pass tries again
