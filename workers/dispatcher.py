@@ -45,6 +45,9 @@ from workers.telemetry import DispatcherTelemetry
 __all__ = ["Dispatcher", "main"]
 
 log = logging.getLogger("fsg.dispatcher")
+# Ray's head stamps a placement group's creation with its own clock; this much skew between it and the
+# dispatcher's host cannot make a live attempt's group look older than the attempt.
+RELEASE_MARGIN_NS = 30 * 10**9
 
 
 @dataclass
@@ -174,7 +177,7 @@ class Dispatcher:
         attempt (a killed attempt's Train and Tune runs never remove theirs; ``Runner.release_leaked``)."""
         oldest_live = min((a.launched_ns for a in self.attempts.values()), default=time.time_ns())
         try:
-            released = self._runner.release_leaked(oldest_live)
+            released = self._runner.release_leaked(oldest_live - RELEASE_MARGIN_NS)
         except Exception:  # noqa: BLE001 - Ray's state API briefly away: try again next time
             log.warning("could not list Ray's placement groups; trying again later", exc_info=True)
             return []
