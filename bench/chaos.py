@@ -88,7 +88,7 @@ def job_spec(kind: str, rng: random.Random, n: int) -> dict[str, Any]:
             ],
             "seeds": 2,
             "baseline": "ste",
-            "max_concurrent_trials": 1,
+            "max_concurrent_trials": 2,  # its four Train runs two at a time: the soak drains sooner
         }
     return spec
 
