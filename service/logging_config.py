@@ -58,6 +58,9 @@ def build_formatter(log_format: Literal["text", "json"]) -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else TextFormatter()
 
 
+CHATTY_LOGGERS = ("alembic", "httpx", "httpcore")
+
+
 def configure_logging(settings: Settings, *, level: int = logging.INFO) -> None:
     """Send the root logger's records at ``level`` and above to stderr in ``settings.log_format``.
 
@@ -67,5 +70,7 @@ def configure_logging(settings: Settings, *, level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(build_formatter(settings.log_format))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    # Alembic says "Context impl ..., Will assume transactional DDL" at every start: chatter unless asked.
-    logging.getLogger("alembic").setLevel(logging.NOTSET if settings.verbose else logging.WARNING)
+    # Alembic says "Context impl ..., Will assume transactional DDL" at every start, httpx logs every
+    # request (fsg up's health checks, the client's calls) at INFO: chatter unless asked.
+    for chatty in CHATTY_LOGGERS:
+        logging.getLogger(chatty).setLevel(logging.NOTSET if settings.verbose else logging.WARNING)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from service.logging_config import JsonFormatter, TextFormatter, configure_logging
+from service.logging_config import CHATTY_LOGGERS, JsonFormatter, TextFormatter, configure_logging
 from service.settings import Settings
 
 
@@ -88,6 +88,25 @@ def test_configure_logging_switches_the_format_without_doubling(
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1
     assert json.loads(lines[0])["job_id"] == "j1"
+
+
+@pytest.mark.usefixtures("root_handlers")
+@pytest.mark.parametrize("verbose", [False, True])
+def test_library_chatter_only_with_verbose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verbose: bool) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging(Settings(home=tmp_path, log_format="text", verbose=verbose))
+    try:
+        for name in ("alembic.runtime.migration", "httpx"):
+            logging.getLogger(name).info("%s chatter", name)
+        logging.getLogger("fsg.dispatcher").info("job launched")
+        logging.getLogger("httpx").warning("a real problem")
+        text = stream.getvalue()
+        assert "job launched" in text and "a real problem" in text
+        assert ("alembic.runtime.migration chatter" in text) == verbose and ("httpx chatter" in text) == verbose
+    finally:
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def test_log_format_is_read_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
