@@ -10,14 +10,13 @@ only, so a checkpoint from elsewhere cannot run code on load.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fsg_core.errors import NonRetryableError
+from fsg_core.files import atomic_file
 
 __all__ = ["FORMAT", "CheckpointError", "load_checkpoint", "load_weights", "save_checkpoint"]
 
@@ -36,18 +35,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> int:
         The file size in bytes.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:  # streamed: a training state is never held twice in memory
+        torch.save(payload, fh)
     return path.stat().st_size
 
 
