@@ -107,6 +107,7 @@ class _Lowering:
         self.nodes: list[NodeProto] = []
         self.arrays: dict[str, np.ndarray] = {}  # initializers, float32 until ``initializers()``
         self._signs: dict[str, str] = {}
+        self._scalars: dict[float, str] = {}
         self._count = 0
 
     # --- graph building --------------------------------------------------------------------------
@@ -123,6 +124,12 @@ class _Lowering:
         name = self.fresh(hint)
         self.arrays[name] = np.ascontiguousarray(array, dtype=np.float32)
         return name
+
+    def scalar(self, value: float) -> str:
+        """One initializer per scalar value, however many ops read it (every sign reads 0, 1 and -1)."""
+        if value not in self._scalars:
+            self._scalars[value] = self.const("scalar", np.array(value))
+        return self._scalars[value]
 
     def initializers(self) -> tuple[list[TensorProto], list[NodeProto]]:
         """The initializers, and (``fp16``) the ``Cast`` nodes that bring float16 storage back to float32.
@@ -187,13 +194,13 @@ class _Lowering:
         x = name
         if isinstance(estimator, BiPer):
             assert isinstance(estimator.params, BiPer.Params)
-            omega = self.const("omega", np.array(estimator.params.omega))
+            omega = self.scalar(estimator.params.omega)
             x = self.node("Sin", [self.node("Mul", [x, omega], "omega_x")], "sin")
         elif not isinstance(estimator, ClosedFormEstimator) or type(estimator).forward_value is not (
             ClosedFormEstimator.forward_value
         ):
             raise ExportError(f"activation estimator {estimator.name!r} has a forward with no ONNX lowering")
-        zero, one, minus_one = (self.const(h, np.array(v)) for h, v in (("zero", 0), ("one", 1), ("minus_one", -1)))
+        zero, one, minus_one = (self.scalar(v) for v in (0.0, 1.0, -1.0))
         positive = self.node("GreaterOrEqual", [x, zero], "nonneg")
         self._signs[name] = self.node("Where", [positive, one, minus_one], "sign")
         return self._signs[name]
@@ -331,7 +338,7 @@ def _relu(low: _Lowering, node: fx.Node, m: nn.Module, values: dict) -> _Value:
 
 
 def _hardtanh(low: _Lowering, node: fx.Node, m: nn.Hardtanh, values: dict) -> _Value:
-    lo, hi = low.const("min", np.array(m.min_val)), low.const("max", np.array(m.max_val))
+    lo, hi = low.scalar(m.min_val), low.scalar(m.max_val)
     return _Value(low.node("Clip", [low.materialize(values[_arg(node)]), lo, hi], "hardtanh"))
 
 
