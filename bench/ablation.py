@@ -25,6 +25,7 @@ from typing import Any
 
 from rich.console import Console
 
+from bench.output import add_output_options, read_report, write_json
 from bench.service import LocalService
 from service.cli.study import study_rows, study_table, study_title
 
@@ -160,12 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--variants", default=None, help="comma-separated variant names to run (the baseline always runs)"
     )
-    parser.add_argument("--json", type=Path, default=None, help="write the studies here")
-    parser.add_argument("--report", type=Path, default=None, help="print the tables of an earlier --json file")
-    parser.add_argument("--markdown", action="store_true", help="with --report: GitHub markdown tables")
+    add_output_options(parser)
     args = parser.parse_args(argv)
     if args.report:
-        saved = json.loads(args.report.read_text())
+        saved = read_report(args.report)
         for name, result in saved.items():
             print(f"\n{name}: {result['job']['state']}")
             print(markdown(result["study"]) + "\n\n" + pairs_markdown(result["study"]) if args.markdown else "")
@@ -183,9 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, result in results.items():
         out.print(f"\n[bold]{name}[/bold]: {result['job']['state']} in {result['wall_s'] / 60:.0f} min")
         out.print(study_table(result["study"]))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1, default=str))
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from typing import Any
 import httpx
 
 from bench.cluster import RAY_TEST_ENV, PrivatePostgres, free_port, start_ray_node, stop_ray_node, wait_port
+from bench.output import write_json
 
 TENANTS = {"a": 1, "b": 2, "c": None}  # max_running
 KINDS = ("train", "ray_task", "search", "study")
@@ -521,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--jobs-per-minute", type=float, default=3.0, help="mean submission rate (the queue drains after the soak)"
     )
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     args = parser.parse_args(argv)
 
     def log(msg: str) -> None:
@@ -549,9 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             soak.down()
     print(json.dumps(report, indent=1, default=str))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1, default=str))
+    write_json(args.json, report)
     held = run["drained"] and all(v["held"] for v in report["invariants"].values())
     log("every invariant held" if held else "INVARIANTS FAILED")
     return 0 if held else 1

@@ -12,7 +12,6 @@ the queue's and the dispatchers', not Ray Train's start-up. Prints tables; asser
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -26,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from bench.output import write_json
 from bench.service import _stop, _token, free_port
 from service.cli.server import wait_healthy
 
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--dispatchers", type=int, default=3)
     parser.add_argument("--database-url", default=None)
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -205,9 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         " / ".join(map(str, r["claims_by_dispatcher"])),
     )
     Console().print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(r, indent=1))
+    write_json(args.json, r)
 
 
 if __name__ == "__main__":

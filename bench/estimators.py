@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.output import TableConsole, add_output_options, log, read_report, write_json
+
 ESTIMATORS: dict[str, dict[str, Any]] = {
     "ste": {"name": "ste"},
     "clipped_ste": {"name": "clipped_ste"},
@@ -374,38 +376,11 @@ def cost_table_view(cost: dict[str, dict[str, Any]], title: str, table_class: An
     return table
 
 
-class _MarkdownTable:
-    """The few ``rich.table.Table`` calls used below, rendered as a GitHub markdown table."""
-
-    def __init__(self, title: str) -> None:
-        self.title, self.columns, self.rows = title, [], []  # type: ignore[var-annotated]
-
-    def add_column(self, name: str, justify: str = "left") -> None:
-        self.columns.append((name, justify))
-
-    def add_row(self, *cells: str) -> None:
-        self.rows.append(cells)
-
-    def render(self) -> str:
-        head = "| " + " | ".join(c for c, _ in self.columns) + " |"
-        rule = "|" + "|".join("---:" if j == "right" else "---" for _, j in self.columns) + "|"
-        body = ["| " + " | ".join(r) + " |" for r in self.rows]
-        return "\n".join([f"**{self.title}**", "", head, rule, *body, ""])
-
-
-class _MarkdownConsole:
-    def print(self, obj: Any) -> None:
-        print(obj.render() if isinstance(obj, _MarkdownTable) else f"{obj}\n")
-
-
 def print_report(
     acc: dict[str, Any] | None, cost: dict[str, Any] | None, meta: dict[str, Any], markdown: bool = False
 ) -> None:
-    from rich.console import Console
-    from rich.table import Table as RichTable
-
-    console: Any = _MarkdownConsole() if markdown else Console(width=160)
-    Table: Any = _MarkdownTable if markdown else RichTable
+    console = TableConsole(markdown)
+    Table = console.Table
     console.print(f"bench.estimators {meta}")
     if acc:
         for opt_name in OPTIMIZERS:
@@ -464,14 +439,12 @@ def main(argv: list[str] | None = None) -> None:
         help="the binarizer of the accuracy runs: dorefa (x = tanh W / max|tanh W|, the MetaQuant/FSG codes') or "
         "bwn (x = W, where closed-form estimators act on W as in their papers)",
     )
-    parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
-    parser.add_argument("--report", type=Path, default=None, help="print the tables of an earlier --json file")
-    parser.add_argument("--markdown", action="store_true", help="tables as GitHub markdown")
+    add_output_options(parser)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.report:
-        saved = json.loads(args.report.read_text())
+        saved = read_report(args.report)
         print_report(saved["accuracy"], saved["cost"], saved["meta"], markdown=args.markdown)
         return
 
@@ -491,9 +464,6 @@ def main(argv: list[str] | None = None) -> None:
     if "ste" not in names:
         names.insert(0, "ste")  # every ratio is to STE measured in the same run
     cost_names = names + ([n for n in only if n in COST_EXTRA] if only else [] if args.quick else list(COST_EXTRA))
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
 
     import torch
 
@@ -517,9 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     cost = None if args.skip_cost else cost_table(cost_names, cost_steps, args.threads, log)
     print_report(acc, cost, meta, markdown=args.markdown)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "accuracy": acc, "cost": cost}, indent=1))
+    write_json(args.json, {"meta": meta, "accuracy": acc, "cost": cost})
 
 
 if __name__ == "__main__":

@@ -25,16 +25,14 @@ PyTorch and what each file weighs. Prints tables; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.estimators import _MarkdownTable
+from bench.output import TableConsole, add_output_options, log, read_report, write_json
 
 ARCHS = ("resnet20", "resnet56", "vgg_small", "resnet18")
 PROTOCOLS = {
@@ -155,18 +153,15 @@ def _size(n: int) -> str:
 
 
 def print_report(result: dict[str, Any], markdown: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table as RichTable
-
     meta = result["meta"]
-    console = Console(width=200)
+    console = TableConsole(markdown, width=200)
     calls = ", ".join(f"{n} at batch {b}" for b, n in meta["calls"].items())
     for arch, protocols in result["archs"].items():
         title = (
             f"{arch}, 3x32x32, 10 classes: file sizes, and CPU latency of one forward, mean / median "
             f"({meta['threads']} threads; calls: {calls})"
         )
-        table: Any = _MarkdownTable(title) if markdown else RichTable(title=title)
+        table = console.table(title)
         columns = ["protocol", "batch", "fp32 state dict", "packed", "ONNX", "ONNX --fp16"]
         columns += ["PyTorch fp32", "packed in PyTorch", "ONNX Runtime", "ONNX Runtime vs packed"]
         for col in columns:
@@ -181,10 +176,7 @@ def print_report(result: dict[str, Any], markdown: bool) -> None:
                     cells.append(f"{lat[engine]['mean_s'] * 1e3:.2f} / {lat[engine]['median_s'] * 1e3:.2f} ms")
                 cells.append(f"{lat['onnxruntime']['mean_s'] / lat['pytorch_packed']['mean_s']:.2f}x")
                 table.add_row(*cells)
-        if markdown:
-            print(table.render())
-        else:
-            console.print(table)
+        console.print(table)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -192,12 +184,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="2 calls at batch 1, 1 at batch 64, per round")
     parser.add_argument("--archs", default=",".join(ARCHS))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--markdown", action="store_true")
-    parser.add_argument("--report", type=Path, default=None, help="print the tables of an earlier --json file")
+    add_output_options(parser)
     args = parser.parse_args(argv)
     if args.report:
-        result = json.loads(args.report.read_text())
+        result = read_report(args.report)
         print_report(result, args.markdown)
         return result
     archs = [a for a in args.archs.split(",") if a]
@@ -210,9 +200,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     calls = {1: 2, 64: 1} if args.quick else {1: 10, 64: 2}  # per engine per round
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
 
     meta = {
         "torch": torch.__version__,
@@ -229,9 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 protocol: measure(arch, protocol, args.threads, calls, Path(tmp), log) for protocol in PROTOCOLS
             }
     print_report(result, args.markdown)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+    write_json(args.json, result)
     return result
 
 

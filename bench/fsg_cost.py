@@ -20,15 +20,13 @@ loop's own, and other processes on the machine. Prints tables; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from bench.estimators import _MarkdownTable, cifar_cost_spec, run_child
+from bench.estimators import cifar_cost_spec, run_child
+from bench.output import TableConsole, add_output_options, log, read_report, write_json
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "ste": {"name": "ste"},
@@ -139,15 +137,12 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def print_report(result: dict[str, Any], markdown: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table as RichTable
-
     meta = result["meta"]
-    console: Any = Console(width=160)
+    console = TableConsole(markdown)
     titles = {"cifar": "CIFAR-shaped input (synthetic 3x32x32, batch 128)", "digits": "digits (1x8x8, batch 64)"}
     for shape, rows in result["shapes"].items():
         title = f"W1A32 ResNet-20, {titles[shape]}, {meta['threads']} threads, {meta['reps']} rounds"
-        table: Any = _MarkdownTable(title) if markdown else RichTable(title=title)
+        table = console.table(title)
         for col in ("variant", "mean step", "median step", "vs STE (mean)", "rounds", "peak memory", "vs STE"):
             table.add_column(col, justify="left" if col == "variant" else "right")
         for name, r in rows.items():
@@ -164,10 +159,7 @@ def print_report(result: dict[str, Any], markdown: bool) -> None:
                 f"{mem / 2**20:.0f} MiB" if mem else "-",
                 f"{r['peak_mem_vs_ste']:.2f}x" if r.get("peak_mem_vs_ste") else "-",
             )
-        if markdown:
-            print(table.render())
-        else:
-            console.print(table)
+        console.print(table)
     for g in result["goals"]:
         state = "-" if g["met"] is None else ("met" if g["met"] else "NOT met")
         ratio = "-" if g["ratio"] is None else f"{g['ratio']:.2f}x"
@@ -181,12 +173,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--only", default="", help=f"comma-separated variants of {list(VARIANTS)} (ste always runs)")
     parser.add_argument("--shapes", default="cifar,digits", help="cifar, digits or both")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--markdown", action="store_true")
-    parser.add_argument("--report", type=Path, default=None, help="print the tables of an earlier --json file")
+    add_output_options(parser)
     args = parser.parse_args(argv)
     if args.report:
-        result = json.loads(args.report.read_text())
+        result = read_report(args.report)
         print_report(result, args.markdown)
         return result
     names = [n for n in args.only.split(",") if n] or list(VARIANTS)
@@ -195,9 +185,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     names = ["ste"] + [n for n in names if n != "ste"]
     reps = args.reps or (2 if args.quick else 3)
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
 
     import torch
 
@@ -215,9 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["shapes"][shape] = measure(shape, names, reps, args.threads, args.quick, log)
     result["goals"] = goals(result)
     print_report(result, args.markdown)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+    write_json(args.json, result)
     return result
 
 

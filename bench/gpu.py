@@ -26,12 +26,11 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.estimators import COST_EXTRA, cifar_cost_spec, cost_table_view, measure_cost, measure_run, with_ratios
+from bench.output import add_output_options, log, read_report, write_json
 
 KERNEL_REPS, KERNEL_WARMUP = 10, 3
 
@@ -307,7 +306,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="one warm-up and one measured epoch of 6 steps")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     parser.add_argument("--resnet18", action="store_true", help="also ResNet-18 (slow on a CPU)")
-    parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads per run")
     parser.add_argument(
         "--steps", type=int, default=None, help=f"steps per epoch (default {STEPS}, quick {QUICK_STEPS})"
@@ -323,16 +321,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--only", default="", help="comma-separated estimators / FSG variants (default: all)")
     parser.add_argument("--kernels-only", action="store_true", help="only the slow-net kernels and NCCL")
     parser.add_argument("--skip-kernels", action="store_true", help="only the training runs")
+    add_output_options(parser, markdown=False)
     args = parser.parse_args(argv)
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
+    if args.report:
+        result = read_report(args.report)
+        print_report(result)
+        return result
     result = run(args, log)
     print_report(result)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+    write_json(args.json, result)
     return result
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from bench.output import write_json
 from service.cli.server import wait_healthy
 
 TINY_JOB: dict[str, Any] = {
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-submit", action="store_true")
     parser.add_argument("--skip-queue", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -308,9 +309,7 @@ def main(argv: list[str] | None = None) -> None:
             f"Overhead: fsg train {r['fsg_train_s']:.1f} s; through the service {r['service_s']:.1f} s"
             f" ({r['ratio']:.2f}x, job {r['state']})"
         )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":
