@@ -112,10 +112,12 @@ class AttemptContext:
         """Ray Train's and Tune's ``storage_path``."""
         return str(self.storage.ray_storage_path())
 
-    def checkpoint_dir(self, phase: str, epoch: int) -> Path:
-        """Where a ``ray_task`` attempt writes its checkpoint of ``phase`` epoch ``epoch``; the attempt
-        number keeps a later attempt from overwriting a directory an earlier one recorded."""
-        return self.storage.checkpoints_dir(self.job_id) / f"attempt-{self.attempt}-{phase}-{epoch:05d}"
+    def checkpoint_dir(self, phase: str, epoch: int, trial_key: str = "") -> Path:
+        """Where a ``ray_task`` run writes its checkpoint of ``phase`` epoch ``epoch`` (the job's, or the
+        trial ``trial_key``'s, whose ``/`` becomes ``--``); the attempt number keeps a later attempt from
+        overwriting a directory an earlier one recorded."""
+        trial = f"{trial_key.replace('/', '--')}-" if trial_key else ""
+        return self.storage.checkpoints_dir(self.job_id) / f"attempt-{self.attempt}-{trial}{phase}-{epoch:05d}"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

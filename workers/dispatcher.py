@@ -288,7 +288,7 @@ class Dispatcher:
             resume_path=resume,
             db_outage_s=self.settings.db_outage_s,
         )
-        holds = spec.resources.executor == "ray_task"  # the task is the worker: it holds the job's resources
+        holds = spec.attempt_holds_resources  # a ray_task train job: the task is the worker
         launched_ns = time.time_ns()
         ref = self._runner.start(  # raises for options Ray refuses: dispatch() settles it
             ctx,

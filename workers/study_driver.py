@@ -17,8 +17,7 @@ import ray.tune
 
 from service.schemas.jobs import JobSpec, StudyVariant, pretraining_spec, study_trial_spec
 from workers.attempt import AttemptContext, AttemptStore
-from workers.train_driver import build_trainer
-from workers.tune_driver import tune_trainable
+from workers.tune_driver import run_trial, tune_trainable
 
 __all__ = ["pretrain_key", "run_study", "trial_key"]
 
@@ -41,16 +40,13 @@ def _run_once(
     *,
     kept: Any = None,
 ) -> None:
-    """Run one trial's TorchTrainer unless an earlier attempt finished it (and, with ``kept``, left what
-    ``kept()`` checks for: a pre-training whose checkpoint record or file was lost is run again)."""
+    """Run one trial unless an earlier attempt finished it (and, with ``kept``, left what ``kept()``
+    checks for: a pre-training whose checkpoint record or file was lost is run again)."""
     if store.trial_state(key) == "succeeded" and (kept is None or kept()):
         return
     store.record_trial(key, config=config, state="running")
-    trainer = build_trainer(
-        ctx, spec, store, train_spec=train_spec, run_name=f"{ctx.job_id}-{key.replace('/', '-')}", trial_key=key
-    )
     try:
-        trainer.fit()
+        run_trial(ctx, spec, store, train_spec, trial_key=key, run_name=f"{ctx.job_id}-{key.replace('/', '-')}")
     except BaseException as exc:
         store.record_trial(key, config=config, state="failed", error=f"{type(exc).__name__}: {exc}"[:500])
         raise
@@ -64,7 +60,7 @@ def _grid(ctx: AttemptContext, spec: JobSpec, name: str, function: Any, configs:
     """Run ``function`` over ``configs`` on Tune (a grid), at most ``max_concurrent_trials`` at once."""
     assert spec.study is not None
     tuner = ray.tune.Tuner(
-        tune_trainable(ctx, name, function),
+        tune_trainable(ctx, name, function, spec.resources),
         param_space={"point": ray.tune.grid_search(configs)},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=spec.study.max_concurrent_trials),
         run_config=ray.tune.RunConfig(name=f"{ctx.job_id}-{name}", storage_path=ctx.ray_storage),

@@ -1,4 +1,5 @@
-"""A search job on Ray Tune: a function trainable that builds one TorchTrainer per trial.
+"""A search job on Ray Tune: a function trainable that runs one training run per trial (on a
+TorchTrainer of its own, or, with ``resources.executor = "ray_task"``, in the trial itself).
 
 Passing a trainer to ``Tuner`` is deprecated (it raises in Ray 2.60), so each trial runs its own
 TorchTrainer, whose epochs reach Tune through ``TuneReportCallback`` (ASHA needs them) and the
@@ -15,14 +16,15 @@ import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from service.schemas.jobs import Choice, JobSpec, LogUniform, RandInt, SearchSpec, Uniform, set_path
+from service.schemas.jobs import Choice, JobSpec, LogUniform, RandInt, ResourcesSpec, SearchSpec, Uniform, set_path
 from workers.attempt import AttemptContext, AttemptStore
+from workers.task_driver import run_in_process
 from workers.train_driver import build_trainer
 
-__all__ = ["param_space", "run_search", "trial_score", "tune_trainable"]
+__all__ = ["param_space", "run_search", "run_trial", "trial_resources", "trial_score", "tune_trainable"]
 
 
-def tune_trainable(ctx: AttemptContext, role: str, function: Any) -> Any:
+def tune_trainable(ctx: AttemptContext, role: str, function: Any, resources: ResourcesSpec) -> Any:
     """``function`` as a Tune trainable registered under a name of its own: ``fsg-<job>-a<attempt>-<role>``.
 
     Tune registers a function trainable under its ``__name__`` in one registry per Ray driver, and a
@@ -33,8 +35,42 @@ def tune_trainable(ctx: AttemptContext, role: str, function: Any) -> Any:
     """
     name = f"fsg-{ctx.job_id}-a{ctx.attempt}-{role}"
     function.__name__ = function.__qualname__ = name
-    # The trial itself only waits on its TorchTrainer, whose workers hold the CPUs.
-    return ray.tune.with_resources(function, {"CPU": 0.01})
+    return ray.tune.with_resources(function, trial_resources(resources))
+
+
+def trial_resources(resources: ResourcesSpec) -> dict[str, float]:
+    """What one Tune trial holds: the run's CPUs (or GPU) when it trains in the trial itself
+    (``ray_task``); otherwise next to nothing, as it only waits on its TorchTrainer, whose workers hold them."""
+    if resources.executor == "ray_task":
+        return {"CPU": resources.cpus_per_worker, "GPU": 1.0 if resources.use_gpu else 0.0}
+    return {"CPU": 0.01}
+
+
+def run_trial(
+    ctx: AttemptContext,
+    spec: JobSpec,
+    store: AttemptStore,
+    train_spec: dict[str, Any],
+    *,
+    trial_key: str,
+    run_name: str,
+    to_tune: bool = False,
+) -> None:
+    """One trial's training run, from scratch, by the job's executor: in this Tune trial (``ray_task``), or
+    on its own TorchTrainer. ``to_tune``: its epochs reach Tune (a search's scheduler needs them)."""
+    if spec.resources.executor == "ray_task":
+        run_in_process(ctx, spec, store, train_spec, trial_key=trial_key, to_tune=to_tune)
+        return
+    trainer = build_trainer(
+        ctx,
+        spec,
+        store,
+        train_spec=train_spec,
+        run_name=run_name,
+        trial_key=trial_key,
+        extra_callbacks=[TuneReportCallback()] if to_tune else None,
+    )
+    trainer.fit()
 
 
 def param_space(search: SearchSpec) -> dict[str, Any]:
@@ -61,16 +97,7 @@ def _trial_function(ctx: AttemptContext, spec: JobSpec, store: AttemptStore) -> 
         for path, value in config.items():
             train_spec = set_path(train_spec, path, value)
         store.record_trial(trial_key, config=config, state="running")
-        trainer = build_trainer(
-            ctx,
-            spec,
-            store,
-            train_spec=train_spec,
-            run_name=f"{ctx.job_id}-{trial_key}",
-            trial_key=trial_key,
-            extra_callbacks=[TuneReportCallback()],
-        )
-        trainer.fit()
+        run_trial(ctx, spec, store, train_spec, trial_key=trial_key, run_name=f"{ctx.job_id}-{trial_key}", to_tune=True)
 
     return trial
 
@@ -91,7 +118,7 @@ def run_search(ctx: AttemptContext, spec: JobSpec, store: AttemptStore) -> dict[
     assert spec.search is not None
     search = spec.search
     tuner = ray.tune.Tuner(
-        tune_trainable(ctx, "trial", _trial_function(ctx, spec, store)),
+        tune_trainable(ctx, "trial", _trial_function(ctx, spec, store), spec.resources),
         param_space=param_space(search),
         tune_config=ray.tune.TuneConfig(
             num_samples=search.num_samples,

@@ -59,8 +59,8 @@ class ResourcesSpec(_Spec):
         "ray_train",
         description=(
             "ray_train: a Ray Train worker group (TorchTrainer; data parallel, worker restarts); "
-            "ray_task: one Ray task runs the loop, without the worker group's 10-20 s of start-up "
-            "(small jobs; one worker)"
+            "ray_task: one Ray task runs the loop (a search's or study's trial: the Tune trial itself), "
+            "without the worker group's 10-20 s of start-up (small runs; one worker)"
         ),
     )
 
@@ -237,8 +237,6 @@ class JobSpec(TrainSpec):
             raise ValueError("kind='study' needs a 'study' section")
         if self.kind != "study" and self.study is not None:
             raise ValueError("'study' is only allowed with kind='study'")
-        if self.kind in ("search", "study") and self.resources.executor != "ray_train":
-            raise ValueError(f"a {self.kind} runs its trials on Ray Train: resources.executor must be 'ray_train'")
         if self.study is not None:
             for variant in self.study.variants:
                 try:
@@ -267,6 +265,12 @@ class JobSpec(TrainSpec):
         if self.study is not None:
             return min(self.study.max_concurrent_trials, len(self.study.variants) * self.study.seeds)
         return 1
+
+    @property
+    def attempt_holds_resources(self) -> bool:
+        """Whether the attempt's own Ray task holds the job's CPUs (or GPU): a ``ray_task`` train job trains
+        in it. A search's or study's attempt only drives Tune; its trials (or their workers) hold them."""
+        return self.kind == "train" and self.resources.executor == "ray_task"
 
     @property
     def cpus(self) -> float:

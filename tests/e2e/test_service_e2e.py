@@ -114,6 +114,40 @@ def test_a_search_records_its_trials_and_chooses_the_best_by_validation_accuracy
     assert final["summary"]["best_trial"] == best[0]["trial_key"]
 
 
+def test_a_ray_task_search_trains_in_its_tune_trials_and_tune_sees_every_epoch(service: Service) -> None:
+    """``executor: ray_task`` on a search: each trial trains in its Tune trial (no Ray Train worker group);
+    its epochs reach Tune (the scheduler's clock), the database and the job's checkpoint directory."""
+    client = service.client()
+    spec = job_spec(
+        kind="search",
+        resources={"num_workers": 1, "executor": "ray_task"},
+        search={
+            "space": {"optimizer.lr": {"type": "grid", "values": [3e-4, 3e-2]}},
+            "scheduler": "asha",
+            "grace_period": 3,  # = every epoch of both phases: ASHA may stop none, so both run to the end
+            "max_concurrent_trials": 2,
+        },
+    )
+    job = client.submit(spec)
+    final = client.wait(job["id"], poll_s=1, timeout_s=240)
+    assert final["state"] == "succeeded", final.get("error")
+    trials = client.trials(job["id"])
+    # "succeeded" needs as many Tune iterations as epochs (1 pre-training + 2 binarized): one report each
+    assert [(t["state"], t["epochs"]) for t in trials] == [("succeeded", 3)] * 2
+    assert final["summary"]["best_trial"] in {t["trial_key"] for t in trials}
+    from service.db import reads
+
+    db = service.database()
+    try:
+        with db.read() as session:
+            checkpoints = reads.list_checkpoints(session, job["id"])
+    finally:
+        db.dispose()
+    job_checkpoints = service.home / "artifacts" / "jobs" / job["id"] / "checkpoints"
+    assert {c.trial_key for c in checkpoints} == {t["trial_key"] for t in trials}
+    assert len(checkpoints) == 6 and all(Path(c.full_path).is_relative_to(job_checkpoints) for c in checkpoints)
+
+
 def test_cancel_of_a_running_job_frees_rays_cpus_quickly(service: Service, ray_head: RayHead) -> None:
     client = service.client()
     job = client.submit(job_spec(epochs=200, max_steps_per_epoch=None))

@@ -1,5 +1,7 @@
 """A small study end to end on a real Ray: 2 variants x 2 seeds, each seed pre-trained once (full
-precision, its own split) and shared by its variants; the table comes back with intervals and tests."""
+precision, its own split) and shared by its variants; the table comes back with intervals and tests.
+Its trials train in their Tune trials (``executor: ray_task``); Ray Train trials are the search test's
+(tests/e2e/test_service_e2e.py) and the chaos soak's studies'."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ def test_a_small_study_runs_end_to_end(service: Service) -> None:
         "epochs": 2,
         "max_steps_per_epoch": 3,
         "init": {"pretrain_epochs": 1},
-        "resources": {"num_workers": 1, "executor": "ray_train"},
+        "resources": {"num_workers": 1, "executor": "ray_task"},
         "study": {
             "variants": [
                 {"name": "ste", "estimator": {"name": "ste"}},
@@ -30,7 +32,7 @@ def test_a_small_study_runs_end_to_end(service: Service) -> None:
         },
     }
     job = client.submit(spec)
-    final = client.wait(job["id"], poll_s=1, timeout_s=540)
+    final = client.wait(job["id"], poll_s=1, timeout_s=300)
     assert final["state"] == "succeeded", final.get("error")
     study = client.study(job["id"])
     states = {t["key"]: t["state"] for t in study["trials"]}

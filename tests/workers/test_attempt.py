@@ -48,6 +48,8 @@ def test_paths_are_the_artifact_stores(tmp_path: Path) -> None:
     assert ctx.log_path == storage.log_path("job-1") == ctx.log.path
     assert ctx.ray_storage == str(storage.ray_storage_path())
     assert ctx.checkpoint_dir("binary", 7) == storage.checkpoints_dir("job-1") / "attempt-2-binary-00007"
+    trial = ctx.checkpoint_dir("binary", 7, "approx/seed1")  # a study trial trained in its Tune trial
+    assert trial == storage.checkpoints_dir("job-1") / "attempt-2-approx--seed1-binary-00007"
 
 
 def test_a_job_id_that_names_another_directory_is_refused(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ class ScriptedRunner:
     results: dict[str, Any] = field(default_factory=dict)  # handle (the job id) -> summary or exception
     refuse: dict[str, BaseException] = field(default_factory=dict)  # task name fragment -> error at start
     launched: list[str] = field(default_factory=list)
+    held: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # job id -> its task's CPUs, GPUs
     cancelled: list[str] = field(default_factory=list)
     started_here: bool = False
     releases: list[int] = field(default_factory=list)  # created_before_ns of each release_leaked call
@@ -46,6 +47,7 @@ class ScriptedRunner:
             if fragment in name:
                 raise error
         self.launched.append(ctx.job_id)
+        self.held[ctx.job_id] = (num_cpus, num_gpus)
         return str(ctx.job_id)  # the handle is the job id
 
     def finished(self, handles: list[str]) -> list[str]:
@@ -403,3 +405,16 @@ def test_only_placement_groups_older_than_every_live_attempt_are_released(
     assert runner.releases[-1] == launched[second] - margin
     runner.release_error = ConnectionError("the dashboard is restarting")
     assert dispatcher.release_leaked() == []  # logged; the next pass tries again
+
+
+def test_only_a_ray_task_train_jobs_attempt_holds_the_jobs_cpus(dispatcher: Dispatcher, runner: ScriptedRunner) -> None:
+    """A ``ray_task`` train job trains in its attempt's task, which holds its CPUs; a ``ray_task`` study's
+    attempt only drives Tune (its trials hold them): were it to hold a CPU too, the trials would wait for it."""
+    task = {"num_workers": 1, "executor": "ray_task", "cpus_per_worker": 1.5}
+    train = submit(dispatcher, resources=task)
+    variants = [{"name": "ste", "estimator": {"name": "ste"}}, {"name": "approx", "estimator": {"name": "approx_sign"}}]
+    study = submit(dispatcher, kind="study", resources=task, study={"variants": variants, "seeds": 2})
+    plain = submit(dispatcher)
+    dispatcher.tick()
+    assert set(runner.launched) == {train, study, plain}
+    assert runner.held == {train: (1.5, 0), study: (None, None), plain: (None, None)}

@@ -16,7 +16,7 @@ from service.db.migrate import upgrade
 from service.db.queue import enqueue
 from service.schemas.jobs import JobSpec
 from workers.attempt import AttemptContext, AttemptStore, close_databases
-from workers.task_driver import run_task
+from workers.task_driver import run_in_process, run_task
 
 SPEC: dict[str, Any] = {
     "name": "small",
@@ -94,10 +94,28 @@ def test_a_new_attempt_resumes_from_the_latest_checkpoint(setup: Any) -> None:
     assert [(m.phase, m.epoch, m.attempt) for m in metrics] == [("pretrain", 1, 1), ("binary", 1, 1), ("binary", 2, 2)]
 
 
-def test_task_executor_is_one_worker_and_train_only() -> None:
+def test_task_executor_is_one_worker() -> None:
     with pytest.raises(ValueError, match="num_workers"):
         JobSpec.model_validate({**SPEC, "resources": {"num_workers": 2, "executor": "ray_task"}})
-    with pytest.raises(ValueError, match="executor"):
-        JobSpec.model_validate(
-            {**SPEC, "kind": "search", "search": {"space": {"seed": {"type": "grid", "values": [0, 1]}}}}
-        )
+
+
+def test_trials_run_in_process_keep_their_epochs_and_checkpoints_apart(setup: Any) -> None:
+    """Two study trials trained in their Tune trials' processes (``ray_task``): each epoch under its trial,
+    each checkpoint in a directory of its own, none in the job's."""
+    db, spec, job_id, url, artifacts = setup
+    ctx = _ctx(job_id, url, artifacts, 1)
+    store = AttemptStore.of(ctx)
+    for key, seed in (("ste/seed0", 0), ("ste/seed1", 1)):
+        run_in_process(ctx, spec, store, {**spec.train_spec().model_dump(mode="json"), "seed": seed}, trial_key=key)
+
+    with db.read() as session:
+        assert reads.list_metrics(session, job_id, "") == []
+        keys = ("ste/seed0", "ste/seed1")
+        per_trial = {k: [(m.phase, m.epoch) for m in reads.list_metrics(session, job_id, k)] for k in keys}
+        checkpoints = reads.list_checkpoints(session, job_id)
+    assert per_trial["ste/seed0"] == per_trial["ste/seed1"] == [("pretrain", 1), ("binary", 1), ("binary", 2)]
+    by_trial = {k: {Path(c.full_path).parent for c in checkpoints if c.trial_key == k} for k in keys}
+    assert {c.trial_key for c in checkpoints} == set(keys) and not by_trial["ste/seed0"] & by_trial["ste/seed1"]
+    assert all(len(d) == 3 and all(p.is_dir() for p in d) for d in by_trial.values())
+    assert store.latest_checkpoint("ste/seed1") == [c.full_path for c in checkpoints if c.trial_key == "ste/seed1"][-1]
+    assert "ste/seed1: binary epoch 2" in (artifacts / "jobs" / job_id / "log.txt").read_text()

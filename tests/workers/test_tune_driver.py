@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from ray.tune.search.sample import Categorical, Float, Integer
 
-from service.schemas.jobs import JobSpec
+from service.schemas.jobs import JobSpec, ResourcesSpec
 from workers.attempt import AttemptContext
-from workers.tune_driver import param_space, tune_trainable
+from workers.tune_driver import param_space, trial_resources, tune_trainable
 
 
 def test_param_space_maps_every_dimension() -> None:
@@ -43,6 +43,13 @@ def test_param_space_maps_every_dimension() -> None:
     assert space["seed"] == {"grid_search": [0, 1]}
 
 
+def test_a_trial_holds_the_cpus_only_when_it_trains_itself() -> None:
+    assert trial_resources(ResourcesSpec()) == {"CPU": 0.01}  # its TorchTrainer's workers hold them
+    in_trial = ResourcesSpec(executor="ray_task", cpus_per_worker=2)
+    assert trial_resources(in_trial) == {"CPU": 2.0, "GPU": 0.0}
+    assert trial_resources(ResourcesSpec(executor="ray_task", use_gpu=True)) == {"CPU": 1.0, "GPU": 1.0}
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(240)
 def test_concurrent_tune_runs_of_one_driver_keep_their_own_functions(ray_head: Any, tmp_path: Path) -> None:
@@ -63,7 +70,7 @@ def test_concurrent_tune_runs_of_one_driver_keep_their_own_functions(ray_head: A
 
     def tuner(job_id: str, n: int) -> Any:
         return ray.tune.Tuner(
-            tune_trainable(context(job_id), "trial", job_function(job_id)),
+            tune_trainable(context(job_id), "trial", job_function(job_id), ResourcesSpec()),
             param_space={"i": ray.tune.grid_search(list(range(n)))},
             tune_config=ray.tune.TuneConfig(max_concurrent_trials=1),
             run_config=ray.tune.RunConfig(name=job_id, storage_path=str(tmp_path / "ray")),

@@ -53,11 +53,13 @@ def test_bad_studies_are_refused_naming_what_is_wrong(change: dict[str, Any], me
         JobSpec.model_validate(spec)
 
 
-def test_study_needs_its_section_and_ray_train() -> None:
+def test_study_needs_its_section_and_may_run_its_trials_in_tune_trials() -> None:
     with pytest.raises(ValidationError, match="needs a 'study' section"):
         JobSpec.model_validate(study(study=None))
-    with pytest.raises(ValidationError, match="resources.executor"):
-        JobSpec.model_validate(study(resources={"executor": "ray_task"}))
+    in_trials = JobSpec.model_validate(study(resources={"executor": "ray_task"}))
+    assert not in_trials.attempt_holds_resources and in_trials.cpus == 2.0  # two trials at once, a CPU each
+    with pytest.raises(ValidationError, match="num_workers"):
+        JobSpec.model_validate(study(resources={"executor": "ray_task", "num_workers": 2}))
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -267,12 +267,11 @@ def test_a_study_has_its_page_with_bands_and_the_table(page: Any, service: Servi
     variants = [{"name": "ste", "estimator": {"name": "ste"}}, {"name": "approx", "estimator": {"name": "approx_sign"}}]
     spec = job_spec(name="ui-study", epochs=2, max_steps_per_epoch=3, batch_size=64) | {
         "kind": "study",
-        "resources": {"num_workers": 1},
+        "resources": {"num_workers": 1, "executor": "ray_task"},  # trials train in their Tune trials
         "study": {"variants": variants, "seeds": 2, "max_concurrent_trials": 2},
     }
     job_id = client.submit(spec)["id"]
-    # 2 pre-trainings and 4 trials, each a Ray Train run of its own: a few minutes on 2 CPUs
-    assert client.wait(job_id, poll_s=1, timeout_s=480)["state"] == "succeeded"
+    assert client.wait(job_id, poll_s=1, timeout_s=300)["state"] == "succeeded"
     sign_in(page, service)
     page.goto(f"{service.url}/ui/#/jobs/{job_id}")
     page.get_by_test_id("study-link").click()
