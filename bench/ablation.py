@@ -1,7 +1,7 @@
 """The FSG ablation, run through the service as study jobs: what each part of FSG is worth.
 
     python -m bench.ablation [--optimizer adam|sgd|both] [--seeds N] [--epochs N] [--variants A,B] [--quick]
-                             [--json FILE]
+                             [--executor ray_train|ray_task] [--json FILE]
 
 Submits ``examples/study_fsg_ablation.json`` (Adam) and/or ``examples/study_fsg_ablation_sgd.json``
 (plain SGD) to an ``fsg up`` of its own (a temporary FSG_HOME, a local Ray on this machine's CPUs):
@@ -34,10 +34,19 @@ SPECS = {"adam": EXAMPLES / "study_fsg_ablation.json", "sgd": EXAMPLES / "study_
 
 
 def study_spec(
-    optimizer: str, *, seeds: int | None, epochs: int | None, quick: bool, variants: list[str] | None = None
+    optimizer: str,
+    *,
+    seeds: int | None,
+    epochs: int | None,
+    quick: bool,
+    variants: list[str] | None = None,
+    executor: str | None = None,
 ) -> dict[str, Any]:
-    """The example study, resized by the command line; ``variants`` keeps those (and the baseline) only."""
+    """The example study, resized by the command line; ``variants`` keeps those (and the baseline) only;
+    ``executor`` runs its trials on Ray Train worker groups (``ray_train``) or in their Tune trials."""
     spec = json.loads(SPECS[optimizer].read_text())
+    if executor:
+        spec["resources"]["executor"] = executor
     if variants:
         known = [v["name"] for v in spec["study"]["variants"]]
         unknown = sorted(set(variants) - set(known))
@@ -161,6 +170,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--variants", default=None, help="comma-separated variant names to run (the baseline always runs)"
     )
+    parser.add_argument(
+        "--executor",
+        choices=["ray_train", "ray_task"],
+        default=None,
+        help="where each trial trains: a Ray Train worker group, or its Tune trial (default: the example's)",
+    )
     add_output_options(parser)
     args = parser.parse_args(argv)
     if args.report:
@@ -174,7 +189,10 @@ def main(argv: list[str] | None = None) -> None:
     optimizers = ["adam", "sgd"] if args.optimizer == "both" else [args.optimizer]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     specs = {
-        o: study_spec(o, seeds=args.seeds, epochs=args.epochs, quick=args.quick, variants=variants) for o in optimizers
+        o: study_spec(
+            o, seeds=args.seeds, epochs=args.epochs, quick=args.quick, variants=variants, executor=args.executor
+        )
+        for o in optimizers
     }
     console = Console(stderr=True)
     results = run(specs, console)

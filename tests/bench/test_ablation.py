@@ -47,3 +47,9 @@ def test_pairs_skip_questions_about_variants_the_study_did_not_run() -> None:
     ]
     got = [(row["a"], row["b"]) for row in pairs({"seeds": 2, "trials": trials})]
     assert got == [("metaquant_multifc", "metaquant_multifc_proposal")]
+
+
+def test_the_executor_reaches_the_study_and_the_default_is_the_examples() -> None:
+    default = JobSpec.model_validate(study_spec("adam", seeds=None, epochs=None, quick=True))
+    in_trials = JobSpec.model_validate(study_spec("adam", seeds=None, epochs=None, quick=True, executor="ray_task"))
+    assert (default.resources.executor, in_trials.resources.executor) == ("ray_train", "ray_task")
