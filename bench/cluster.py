@@ -73,12 +73,18 @@ def start_ray_node(
     )
 
 
-def stop_ray_node(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)  # --block: stops the processes this command started
+def stop_ray_node(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """SIGTERM (``--block`` stops the processes it started), then SIGKILL to the node's process group.
+
+    An idle node stops in about 2 s; one that ran many jobs' drivers and workers was seen taking the
+    whole of a 30 s grace, twice per test session, with nothing left to save: its GCS, raylet and
+    agents are in this process group, and its workers exit when their raylet is gone."""
+    proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
 
 
 class NoPostgres(RuntimeError):

@@ -123,6 +123,7 @@ def test_a_ray_task_search_trains_in_its_tune_trials_and_tune_sees_every_epoch(s
         resources={"num_workers": 1, "executor": "ray_task"},
         search={
             "space": {"optimizer.lr": {"type": "grid", "values": [3e-4, 3e-2]}},
+            "num_samples": 1,
             "scheduler": "asha",
             "grace_period": 3,  # = every epoch of both phases: ASHA may stop none, so both run to the end
             "max_concurrent_trials": 2,
