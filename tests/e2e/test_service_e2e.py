@@ -90,7 +90,7 @@ def test_a_search_records_its_trials_and_chooses_the_best_by_validation_accuracy
         kind="search",
         resources={"num_workers": 1},
         search={
-            "space": {"optimizer.lr": {"type": "grid", "values": [3e-4, 3e-3, 3e-2]}},
+            "space": {"optimizer.lr": {"type": "grid", "values": [3e-4, 3e-2]}},  # one round of two at once
             "num_samples": 1,
             "scheduler": "fifo",
             "max_concurrent_trials": 2,
@@ -100,8 +100,8 @@ def test_a_search_records_its_trials_and_chooses_the_best_by_validation_accuracy
     final = client.wait(job["id"], poll_s=1, timeout_s=300)
     assert final["state"] == "succeeded", final.get("error")
     trials = client.trials(job["id"])
-    assert len(trials) == 3 and all(t["state"] == "succeeded" for t in trials)
-    assert sorted(t["config"]["optimizer.lr"] for t in trials) == [3e-4, 3e-3, 3e-2]
+    assert len(trials) == 2 and all(t["state"] == "succeeded" for t in trials)
+    assert sorted(t["config"]["optimizer.lr"] for t in trials) == [3e-4, 3e-2]
     best = [t for t in trials if t["is_best"]]
     assert len(best) == 1
     # Best = highest binarized-phase validation accuracy, recomputed here from the stored epochs.

@@ -96,7 +96,9 @@ TOTAL = 1 + EPOCHS  # job_spec pre-trains one epoch
 def trained(service: Service) -> list[str]:
     """Two small jobs (1 pre-training + EPOCHS binarized epochs of STEPS steps), submitted when first requested."""
     client = service.client()
-    common = {"resources": {"num_workers": 1}, "epochs": EPOCHS, "max_steps_per_epoch": STEPS, "batch_size": 64}
+    # ray_task: what the pages show does not depend on where the loop ran, and no worker group starts
+    resources = {"num_workers": 1, "executor": "ray_task"}
+    common = {"resources": resources, "epochs": EPOCHS, "max_steps_per_epoch": STEPS, "batch_size": 64}
     return [
         client.submit(job_spec(name="ui-ste", **common))["id"],
         client.submit(job_spec(name="ui-approx", estimator={"name": "approx_sign"}, **common))["id"],
@@ -244,7 +246,7 @@ def test_a_learned_estimators_telemetry_is_plotted(page: Any, service: Service) 
     client = service.client()
     fsg = {"name": "fsg", "kernel": "torch", "stats_every": 1}
     spec = job_spec(name="ui-fsg", estimator=fsg, epochs=2, max_steps_per_epoch=6, batch_size=64)
-    job_id = client.submit(spec | {"resources": {"num_workers": 1}})["id"]
+    job_id = client.submit(spec | {"resources": {"num_workers": 1, "executor": "ray_task"}})["id"]
     assert client.wait(job_id, poll_s=1, timeout_s=TIMEOUT_MS / 1000)["state"] == "succeeded"
     sign_in(page, service)
     page.goto(f"{service.url}/ui/#/jobs/{job_id}")
