@@ -1,7 +1,8 @@
 """`make demo`: the whole service on this machine, from a fresh FSG_HOME to a downloaded 1-bit model.
 
-Starts `fsg up` (API + dispatcher + local Ray), submits a 2-worker FSG training job and a 4-trial
-search over FSG's alpha and history length, follows both with progress bars, downloads the packed
+Starts `fsg up` (API + dispatcher + local Ray), submits a 2-worker FSG training job (Ray Train) and a
+4-trial ASHA search over FSG's alpha and history length (each trial trains in its Tune trial:
+``executor: ray_task``), follows both with progress bars, downloads the packed
 checkpoint, loads it and checks its test accuracy against what the job reported, then shuts down.
 """
 
