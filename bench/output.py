@@ -69,7 +69,6 @@ class TableConsole:
         from rich.console import Console
         from rich.table import Table
 
-        self.markdown = markdown
         self.Table: Any = MarkdownTable if markdown else Table
         self._console = None if markdown else Console(width=width)
 

@@ -293,8 +293,8 @@ class Dispatcher:
         ref = self._runner.start(  # raises for options Ray refuses: dispatch() settles it
             ctx,
             name=f"fsg-job-{job.id}-attempt-{number}",
-            num_cpus=spec.resources.cpus_per_worker if holds else None,
-            num_gpus=(1 if spec.resources.use_gpu else 0) if holds else None,
+            num_cpus=spec.resources.cpus if holds else None,  # one worker: its whole share
+            num_gpus=spec.resources.gpus if holds else None,
         )
         now = utcnow()
         self.attempts[job.id] = Attempt(

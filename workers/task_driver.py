@@ -16,6 +16,7 @@ import torch
 
 from fsg_core.checkpoint_dir import read_checkpoint_dir, write_checkpoint_dir
 from fsg_core.reporting import Reporter
+from fsg_core.spec import TrainSpec
 from fsg_core.train import Components, fit
 from service.schemas.jobs import JobSpec
 from workers.attempt import AttemptContext, AttemptStore, format_epoch
@@ -60,25 +61,23 @@ def run_in_process(
     ctx: AttemptContext,
     spec: JobSpec,
     store: AttemptStore,
-    train_spec: dict[str, Any],
+    train_spec: TrainSpec,
     *,
     trial_key: str = "",
     resume: dict[str, Any] | None = None,
     to_tune: bool = False,
 ) -> None:
     """Run ``train_spec`` to the end in this process, on the CPUs (or the GPU) it holds."""
-    from service.schemas.jobs import TrainSpec
-
     # As a Ray Train worker does: intra-op threads follow the CPUs this task holds.
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     device = torch.device("cuda") if spec.resources.use_gpu else torch.device("cpu")
     reporter = DatabaseReporter(ctx, store, trial_key=trial_key, to_tune=to_tune)
-    fit(TrainSpec.model_validate(train_spec), reporter, resume=resume, device=device)
+    fit(train_spec, reporter, resume=resume, device=device)
 
 
 def run_task(ctx: AttemptContext, spec: JobSpec, store: AttemptStore) -> dict[str, Any]:
     """Train the job in this process (the attempt's task) and return its summary."""
     earlier = read_checkpoint_dir(ctx.resume_path)
     resume = earlier.load_state() if earlier is not None else None
-    run_in_process(ctx, spec, store, spec.train_spec().model_dump(mode="json"), resume=resume)
+    run_in_process(ctx, spec, store, spec.train_spec(), resume=resume)
     return store.results()

@@ -16,6 +16,7 @@ import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+from fsg_core.spec import TrainSpec
 from service.schemas.jobs import Choice, JobSpec, LogUniform, RandInt, ResourcesSpec, SearchSpec, Uniform, set_path
 from workers.attempt import AttemptContext, AttemptStore
 from workers.task_driver import run_in_process
@@ -42,7 +43,7 @@ def trial_resources(resources: ResourcesSpec) -> dict[str, float]:
     """What one Tune trial holds: the run's CPUs (or GPU) when it trains in the trial itself
     (``ray_task``); otherwise next to nothing, as it only waits on its TorchTrainer, whose workers hold them."""
     if resources.executor == "ray_task":
-        return {"CPU": resources.cpus_per_worker, "GPU": 1.0 if resources.use_gpu else 0.0}
+        return {"CPU": resources.cpus, "GPU": resources.gpus}  # one worker: the run's whole share
     return {"CPU": 0.01}
 
 
@@ -59,7 +60,7 @@ def run_trial(
     """One trial's training run, from scratch, by the job's executor: in this Tune trial (``ray_task``), or
     on its own TorchTrainer. ``to_tune``: its epochs reach Tune (a search's scheduler needs them)."""
     if spec.resources.executor == "ray_task":
-        run_in_process(ctx, spec, store, train_spec, trial_key=trial_key, to_tune=to_tune)
+        run_in_process(ctx, spec, store, TrainSpec.model_validate(train_spec), trial_key=trial_key, to_tune=to_tune)
         return
     trainer = build_trainer(
         ctx,

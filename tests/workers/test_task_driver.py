@@ -106,7 +106,7 @@ def test_trials_run_in_process_keep_their_epochs_and_checkpoints_apart(setup: An
     ctx = _ctx(job_id, url, artifacts, 1)
     store = AttemptStore.of(ctx)
     for key, seed in (("ste/seed0", 0), ("ste/seed1", 1)):
-        run_in_process(ctx, spec, store, {**spec.train_spec().model_dump(mode="json"), "seed": seed}, trial_key=key)
+        run_in_process(ctx, spec, store, spec.train_spec().model_copy(update={"seed": seed}), trial_key=key)
 
     with db.read() as session:
         assert reads.list_metrics(session, job_id, "") == []
